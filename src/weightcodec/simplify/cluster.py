@@ -1,0 +1,332 @@
+"""Trained quantization by weight sharing (Deep Compression §3, Han, Mao, Dally 2016).
+
+Each layer's non-zero weights are clustered by 1-D k-means into ``k`` centroids (the
+*codebook*); every weight then stores only its *code*, the index of its centroid. Zeros are not
+clustered: the sparsity pattern (the *mask*) is never changed.
+
+1-D k-means is solved on the sorted values: a cluster is then a contiguous run, its boundaries
+are the midpoints between neighbouring centroids (found with :func:`numpy.searchsorted`), and its
+mean comes from prefix sums, so one Lloyd iteration costs O(k log n) after an O(n log n) sort::
+
+    sorted w:  . .. ...|.. . ....|... .. .|.. ...
+    centroids:   c0    m01  c1   m12  c2  m23 c3      (m = midpoints = cluster boundaries)
+
+Initialisations (Deep Compression §3.2, Figure 4): ``linear`` (k values evenly spaced between
+min and max; the paper's best, it keeps centroids among the rare large weights), ``density``
+(values at evenly spaced levels of the empirical CDF) and ``random`` (Forgy: k distinct
+observations drawn with ``seed``).
+
+Fine-tuning (Eq. 3): :func:`share_weights_` ties ``module.weight`` to
+``centroids[codes] * mask`` with :mod:`torch.nn.utils.parametrize`; the centroids are the only
+trained Parameter, so autograd gives centroid ``k`` the *sum* of the gradients of the weights
+whose code is ``k``: ``dL/dC_k = sum_ij dL/dW_ij 1(I_ij = k)``. :func:`make_permanent_` turns the
+tied weight back into a plain Parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import EncodeError
+
+__all__ = [
+    "INITS",
+    "kmeans_1d",
+    "quantize",
+    "SharedWeights",
+    "share_weights_",
+    "make_permanent_",
+    "is_shared",
+]
+
+DEFAULT_ITERS = 300  # 1-D Lloyd usually converges in tens of iterations; each costs O(k log n)
+
+
+def _init_linear(values: np.ndarray, k: int, seed: int) -> np.ndarray:
+    return np.linspace(values[0], values[-1], k)
+
+
+def _init_density(values: np.ndarray, k: int, seed: int) -> np.ndarray:
+    # CDF levels at the middle of k equal slices, so k = 1 gives the median
+    return np.quantile(values, (np.arange(k) + 0.5) / k)
+
+
+def _init_random(values: np.ndarray, k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(np.unique(values), size=k, replace=False))
+
+
+INITS: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
+    "linear": _init_linear,
+    "density": _init_density,
+    "random": _init_random,
+}
+
+
+def kmeans_1d(
+    values: np.ndarray, k: int, *, init: str = "linear", seed: int = 0, iters: int = DEFAULT_ITERS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster 1-D ``values`` into ``k`` centroids with Lloyd's algorithm on the sorted values.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Any shape (flattened), real, finite; at least ``k`` distinct values.
+    k : int
+        Number of clusters, ``>= 1``.
+    init : {"linear", "density", "random"}
+        Centroid initialisation (see the module docstring).
+    seed : int
+        Seed of ``init="random"`` (ignored by the others).
+    iters : int
+        Maximum Lloyd iterations; stops earlier once the centroids no longer move.
+
+    Returns
+    -------
+    centroids : numpy.ndarray
+        float32, shape ``(k,)``, sorted ascending. A centroid left without members keeps its
+        previous position (it can happen with ``linear`` on gappy data).
+    labels : numpy.ndarray
+        int64, shape ``(values.size,)``: the index of each value's nearest centroid (ties at a
+        midpoint go to the lower centroid).
+
+    Raises
+    ------
+    EncodeError
+        If ``values`` is empty or not finite, ``k < 1``, ``k`` exceeds the number of distinct
+        values, ``iters < 1`` or ``init`` is unknown.
+
+    Examples
+    --------
+    >>> centroids, labels = kmeans_1d(np.array([0.0, 0.1, 1.0, 1.1]), 2)
+    >>> [round(c, 3) for c in centroids.tolist()], labels.tolist()
+    ([0.05, 1.05], [0, 0, 1, 1])
+    """
+    flat = _check_values(values, k, init, iters)
+    ordered = np.sort(flat)
+    prefix = np.concatenate(([0.0], np.cumsum(ordered)))
+    centroids = np.sort(INITS[init](ordered, k, seed).astype(np.float64))
+    for _ in range(iters):
+        bounds = np.concatenate(([0], np.searchsorted(ordered, _midpoints(centroids), side="right"), [ordered.size]))
+        counts = np.diff(bounds)
+        sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
+        updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        updated.sort()
+        if np.array_equal(updated, centroids):
+            break
+        centroids = updated
+    centroids = centroids.astype(np.float32)
+    labels = np.searchsorted(_midpoints(centroids.astype(np.float64)), flat, side="left").astype(np.int64)
+    return centroids, labels
+
+
+def quantize(weight: torch.Tensor, k: int, *, init: str = "linear", seed: int = 0, iters: int = DEFAULT_ITERS) -> torch.Tensor:
+    """Replace each non-zero of ``weight`` by its k-means centroid; zeros stay exactly zero.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        Floating point, finite, any shape.
+    k : int
+        Number of clusters for the non-zero values.
+    init, seed, iters
+        As in :func:`kmeans_1d`.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape and dtype; at most ``k`` distinct non-zero values and the same zero pattern
+        (a centroid that is exactly 0.0 is nudged to the smallest float32 of its sign, so no
+        kept weight becomes a zero). An all-zero ``weight`` comes back as a copy.
+
+    Raises
+    ------
+    EncodeError
+        If ``k`` exceeds the number of distinct non-zero values (the tensor is then already
+        quantized: store it as is or pass a smaller ``k``), or on invalid input as in
+        :func:`kmeans_1d`.
+
+    Examples
+    --------
+    >>> [round(v, 3) for v in quantize(torch.tensor([0.0, 0.1, 0.2, 1.0, 1.1]), 2).tolist()]
+    [0.0, 0.15, 0.15, 1.05, 1.05]
+    """
+    centroids, codes, mask = _cluster_nonzeros(weight, k, init, seed, iters)
+    if codes is None:
+        return weight.detach().clone()
+    flat = torch.zeros(weight.numel(), dtype=torch.float32)
+    flat[mask.flatten()] = torch.from_numpy(centroids[codes])
+    return flat.view(weight.shape).to(weight.dtype)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+class SharedWeights(nn.Module):
+    """Parametrization ``centroids -> centroids[codes] * mask`` for :mod:`torch.nn.utils.parametrize`.
+
+    Registered with ``unsafe=True`` so that the parametrized tensor's *original* is the centroid
+    vector itself (shape ``(k,)``): it is the only trained Parameter of the layer.
+
+    Attributes
+    ----------
+    codes : torch.Tensor
+        int64 buffer of the weight's shape: the centroid index of each weight (0 where pruned).
+    mask : torch.Tensor
+        Bool buffer of the weight's shape; True = kept.
+    """
+
+    def __init__(self, codes: torch.Tensor, mask: torch.Tensor, k: int) -> None:
+        super().__init__()
+        self.k = k
+        self.register_buffer("codes", codes.long())
+        self.register_buffer("mask", mask.bool())
+
+    def forward(self, centroids: torch.Tensor) -> torch.Tensor:
+        # index backward scatter-adds: each centroid receives the sum of its weights' gradients
+        return centroids[self.codes] * self.mask
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        """Least-squares centroids for fixed codes: the mean of each code's kept weights."""
+        kept = self.mask.flatten()
+        codes = self.codes.flatten()[kept]
+        values = weight.detach().flatten()[kept].to(torch.float64)
+        sums = torch.zeros(self.k, dtype=torch.float64).index_add_(0, codes, values)
+        counts = torch.bincount(codes, minlength=self.k).clamp(min=1)
+        return (sums / counts).to(weight.dtype)
+
+
+def share_weights_(
+    module: nn.Module, name: str = "weight", k: int = 32, *, init: str = "linear", seed: int = 0, iters: int = DEFAULT_ITERS
+) -> SharedWeights:
+    """Cluster ``module.<name>`` and tie it to ``centroids[codes] * mask`` for fine-tuning.
+
+    After this call ``module.parametrizations[name].original`` is the trainable centroid vector
+    (float, shape ``(k,)``) and ``module.<name>`` is computed from it on every access. The
+    codes and the mask (``weight != 0``) are fixed buffers. Finish with :func:`make_permanent_`.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    name : str
+        Parameter name.
+    k, init, seed, iters
+        As in :func:`quantize`.
+
+    Returns
+    -------
+    SharedWeights
+        The installed parametrization.
+
+    Raises
+    ------
+    EncodeError
+        If the parameter carries a pruning mask (make it permanent first with
+        :func:`weightcodec.simplify.prune.remove_`), is already shared, is all zeros, or on
+        invalid input as in :func:`quantize`. The module is left untouched.
+
+    Examples
+    --------
+    >>> layer = nn.Linear(8, 4)
+    >>> _ = share_weights_(layer, k=3)
+    >>> len(torch.unique(layer.weight))
+    3
+    """
+    weight = getattr(module, name, None)
+    if not isinstance(weight, nn.Parameter) or parametrize.is_parametrized(module, name) or hasattr(module, f"{name}_mask"):
+        raise EncodeError(
+            f"{type(module).__name__}.{name} must be a plain Parameter (remove pruning masks or "
+            "earlier weight sharing first)"
+        )
+    centroids, codes, mask = _cluster_nonzeros(weight, k, init, seed, iters)
+    if codes is None:
+        raise EncodeError(f"{type(module).__name__}.{name} is all zeros: nothing to cluster")
+    full_codes = torch.zeros(weight.numel(), dtype=torch.long)
+    full_codes[mask.flatten()] = torch.from_numpy(codes)
+    shared = SharedWeights(full_codes.view(weight.shape), mask, k)
+    parametrize.register_parametrization(module, name, shared, unsafe=True)
+    with torch.no_grad():
+        module.parametrizations[name].original.copy_(torch.from_numpy(centroids))
+    return shared
+
+
+def is_shared(module: nn.Module, name: str = "weight") -> bool:
+    """Whether ``module.<name>`` is tied to shared centroids by :func:`share_weights_`."""
+    return parametrize.is_parametrized(module, name) and any(
+        isinstance(p, SharedWeights) for p in module.parametrizations[name]
+    )
+
+
+def make_permanent_(module: nn.Module, name: str = "weight") -> nn.Module:
+    """Turn the shared weight into a plain Parameter ``centroids[codes] * mask``. Cannot be undone.
+
+    The centroids, codes and mask are dropped; the weight keeps its at most ``k`` distinct
+    non-zero values, and later training would move them independently.
+
+    Raises
+    ------
+    EncodeError
+        If ``module.<name>`` is not shared.
+    """
+    if not is_shared(module, name):
+        raise EncodeError(f"{type(module).__name__}.{name} is not tied to shared centroids")
+    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return module
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _midpoints(centroids: np.ndarray) -> np.ndarray:
+    return (centroids[:-1] + centroids[1:]) / 2
+
+
+def _check_values(values: np.ndarray, k: int, init: str, iters: int) -> np.ndarray:
+    if init not in INITS:
+        raise EncodeError(f"unknown init {init!r}; choose one of {sorted(INITS)}")
+    flat = np.asarray(values).ravel()
+    if flat.size == 0:
+        raise EncodeError("kmeans_1d: no values to cluster")
+    if not np.issubdtype(flat.dtype, np.number) or np.iscomplexobj(flat):
+        raise EncodeError(f"kmeans_1d: values must be real numbers, got dtype {flat.dtype}")
+    flat = flat.astype(np.float64)
+    if not np.isfinite(flat).all():
+        raise EncodeError("kmeans_1d: values hold NaN or Inf; train or load a finite model first")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise EncodeError(f"kmeans_1d: k must be an integer >= 1, got {k!r}")
+    if not isinstance(iters, (int, np.integer)) or iters < 1:
+        raise EncodeError(f"kmeans_1d: iters must be an integer >= 1, got {iters!r}")
+    distinct = np.unique(flat).size
+    if k > distinct:
+        raise EncodeError(
+            f"k={k} clusters but only {distinct} distinct values; use k <= {distinct} "
+            "(a tensor with at most k distinct values is already quantized and can be stored as is)"
+        )
+    return flat
+
+
+def _cluster_nonzeros(weight: torch.Tensor, k: int, init: str, seed: int, iters: int):
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        raise EncodeError(f"expected a floating-point tensor, got {getattr(weight, 'dtype', type(weight).__name__)}")
+    values = weight.detach().cpu().to(torch.float32)
+    if not bool(torch.isfinite(values).all()):
+        raise EncodeError("weight holds NaN or Inf; train or load a finite model first")
+    mask = values != 0
+    nonzeros = values[mask].numpy()
+    if nonzeros.size == 0:
+        return None, None, mask
+    centroids, codes = kmeans_1d(nonzeros, k, init=init, seed=seed, iters=iters)
+    # a centroid of exactly 0 would turn kept weights into zeros and change the sparsity pattern
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    centroids = np.where(centroids == 0, np.where(_side_of_zero(nonzeros, codes, centroids) < 0, -tiny, tiny), centroids)
+    return centroids.astype(np.float32), codes, mask
+
+
+def _side_of_zero(nonzeros: np.ndarray, codes: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Per centroid, the sign of its members' sum (which side of 0 a zero centroid should move to)."""
+    return np.bincount(codes, weights=nonzeros, minlength=centroids.size)
