@@ -30,3 +30,8 @@ def get_codec(name: str) -> ModuleType:
             f"unknown codec {name!r}; this weightcodec knows {sorted(CODECS)} "
             "(a file from a newer weightcodec may need an upgrade)"
         ) from None
+
+
+from . import deep  # noqa: E402
+
+register(deep)

@@ -1,0 +1,301 @@
+"""Canonical Huffman coding of a stream of small non-negative ints (Deep Compression, §4).
+
+Deep Compression Huffman-codes both the cluster codes and the sparse-index gaps; both are
+skewed, so a prefix code with lengths near ``-log2 p(symbol)`` saves 20-30 %. The stream
+costs about ``n * H`` bits, ``H`` the empirical entropy (:func:`entropy_bits`), plus less
+than one bit per symbol of Huffman redundancy, plus the code table.
+
+A *canonical* code is fully determined by how many codes each length has and which symbols
+get them, so the table is stored as those two lists (as in DEFLATE) instead of the codewords::
+
+    symbol:  3    5    9    2    7          counts per length 1..4: [1, 1, 1, 2]
+    code:    0    10   110  1110 1111       symbols in canonical order: [3, 5, 9, 2, 7]
+
+Within each length, symbols are in ascending order. The bits are packed and decoded by the
+C-backed ``bitarray`` library (``encode`` with a code dict, ``canonical_decode``), never bit
+by bit in Python.
+
+Stream layout, in byte order (the symbol count is not stored: the caller keeps it)::
+
+    empty stream (count 0):    nothing, 0 bytes
+    one distinct symbol:       varint 0, varint symbol                  (0 bits per symbol)
+    otherwise:                 varint L, L varints count[1..L],
+                               sum(count) varints symbol (canonical order),
+                               payload: ceil(bits / 8) bytes, first bit = MSB, zero padded
+
+Varints are unsigned LEB128 (7 bits per byte, low group first, high bit = more follows).
+The code is complete (Kraft sum exactly 1) and at most :data:`MAX_CODE_BITS` long; longer
+Huffman codes are avoided by halving the frequencies until the lengths fit (as bzip2 does).
+See ``docs/codecs/deep.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from bitarray import bitarray, frozenbitarray
+from bitarray.util import canonical_decode, canonical_huffman, int2ba
+
+from ..errors import CorruptFileError, EncodeError
+
+__all__ = [
+    "MAX_CODE_BITS",
+    "SYMBOL_LIMIT",
+    "entropy_bits",
+    "huffman_table",
+    "huffman_encode",
+    "huffman_decode",
+]
+
+# Longest codeword. bitarray's canonical_decode accepts at most 31; 24 keeps the
+# counts list short and still fits any alphabet below SYMBOL_LIMIT (2^16 <= 2^24).
+MAX_CODE_BITS = 24
+# Symbols are in [0, SYMBOL_LIMIT): cluster codes (<= 256) and gap fields (<= 16 bits).
+SYMBOL_LIMIT = 1 << 16
+# A varint of a value below 2^21 takes at most 3 bytes; table values are below 2^17.
+MAX_VARINT_BYTES = 3
+BITS_PER_BYTE = 8
+
+
+def entropy_bits(symbols: np.ndarray) -> float:
+    """Empirical (order-0) entropy of the whole stream, in bits: ``sum_s -c_s log2(c_s / n)``.
+
+    This is the lower bound for any code that spends a fixed number of bits per symbol value.
+
+    Parameters
+    ----------
+    symbols : ndarray of int, shape (n,)
+        Non-negative ints.
+
+    Returns
+    -------
+    float
+        Total bits (not bits per symbol); 0.0 for an empty stream or a single distinct symbol.
+
+    Examples
+    --------
+    >>> entropy_bits(np.array([0, 1, 2, 3]))
+    8.0
+    """
+    counts = np.bincount(np.asarray(symbols, dtype=np.int64).ravel())
+    counts = counts[counts > 0].astype(np.float64)
+    n = counts.sum()
+    return float(-(counts * np.log2(counts / n)).sum()) if n else 0.0
+
+
+def huffman_table(frequencies: dict[int, int], max_code_bits: int = MAX_CODE_BITS) -> tuple[list[int], list[int]]:
+    """Canonical Huffman table of at most ``max_code_bits`` bits per code.
+
+    Parameters
+    ----------
+    frequencies : dict of int to int
+        Symbol -> occurrence count (> 0), at least two symbols.
+    max_code_bits : int
+        Longest allowed codeword; must be at least ``ceil(log2(len(frequencies)))``.
+
+    Returns
+    -------
+    counts : list of int
+        ``counts[l - 1]`` = number of codes of length ``l``, for ``l = 1 .. L``; ``counts[-1] > 0``.
+    symbols : list of int
+        The symbols in canonical order: by code length, then ascending.
+
+    Examples
+    --------
+    >>> huffman_table({3: 10, 5: 10, 9: 1, 2: 1, 7: 1})
+    ([1, 1, 1, 2], [3, 5, 9, 2, 7])
+    """
+    freq = dict(sorted(frequencies.items()))  # fixed insertion order: deterministic ties
+    while True:
+        code, _, _ = canonical_huffman(freq)
+        if max(len(c) for c in code.values()) <= max_code_bits:
+            break
+        # Flatter frequencies give shorter longest codes; all-ones gives a balanced tree.
+        freq = {s: max(1, f // 2) for s, f in freq.items()}
+    ordered = sorted(code, key=lambda s: (len(code[s]), s))
+    longest = len(code[ordered[-1]])
+    counts = [0] * longest
+    for s in ordered:
+        counts[len(code[s]) - 1] += 1
+    return counts, ordered
+
+
+def huffman_encode(symbols: np.ndarray) -> bytes:
+    """Huffman-code ``symbols`` into one self-contained stream: code table, then payload.
+
+    The count is not stored: pass it to :func:`huffman_decode`.
+
+    Parameters
+    ----------
+    symbols : ndarray of int, shape (n,)
+        Values in ``[0, SYMBOL_LIMIT)``.
+
+    Returns
+    -------
+    bytes
+        The stream (layout in the module docstring); empty for ``n == 0``. Equal input gives
+        equal bytes.
+
+    Raises
+    ------
+    EncodeError
+        If a symbol is negative or ``>= SYMBOL_LIMIT``, or ``symbols`` is not 1-D ints.
+
+    Examples
+    --------
+    >>> data = huffman_encode(np.array([7, 7, 7, 1]))
+    >>> huffman_decode(data, 4).tolist()
+    [7, 7, 7, 1]
+    >>> huffman_encode(np.array([5, 5, 5]))  # one symbol: table only, 0 bits per symbol
+    b'\\x00\\x05'
+    """
+    symbols = _check_symbols(symbols)
+    frequencies = np.bincount(symbols)
+    present = np.flatnonzero(frequencies)
+    if present.size == 0:
+        return b""
+    if present.size == 1:
+        return _varints([0, int(present[0])])
+    counts, ordered = huffman_table({int(s): int(frequencies[s]) for s in present})
+    payload = bitarray(endian="big")
+    payload.encode(_codewords(counts, ordered), symbols.tolist())
+    return _varints([len(counts), *counts, *ordered]) + payload.tobytes()
+
+
+def huffman_decode(data: bytes, count: int) -> np.ndarray:
+    """Decode exactly ``count`` symbols from a :func:`huffman_encode` stream.
+
+    Every structural property is checked: table values, a complete code, the payload length
+    (no missing or extra bytes) and zero padding.
+
+    Parameters
+    ----------
+    data : bytes
+        The stream.
+    count : int
+        Number of symbols it holds (stored by the caller).
+
+    Returns
+    -------
+    ndarray of int64, shape (count,)
+
+    Raises
+    ------
+    CorruptFileError
+        If the stream is truncated, has trailing bytes, or its table is not a valid canonical
+        Huffman table.
+
+    Examples
+    --------
+    >>> huffman_decode(huffman_encode(np.array([0, 2, 2, 9])), 4).tolist()
+    [0, 2, 2, 9]
+    """
+    data = bytes(data)
+    if count <= 0 or not data:
+        if count == 0 and not data:
+            return np.zeros(0, dtype=np.int64)
+        raise CorruptFileError(f"Huffman stream of {len(data)} bytes cannot hold {count} symbols")
+    longest, offset = _read_varint(data, 0)
+    if longest == 0:
+        symbol, offset = _read_varint(data, offset)
+        _check_table([], [symbol])
+        if offset != len(data):
+            raise CorruptFileError(f"single-symbol Huffman stream has {len(data) - offset} trailing bytes")
+        return np.full(count, symbol, dtype=np.int64)
+    if longest > MAX_CODE_BITS:
+        raise CorruptFileError(f"Huffman table declares {longest}-bit codes; the limit is {MAX_CODE_BITS}")
+    counts, offset = _read_varints(data, offset, longest)
+    ordered, offset = _read_varints(data, offset, sum(counts))
+    _check_table(counts, ordered)
+    return _decode_payload(data[offset:], counts, ordered, count)
+
+
+def _check_symbols(symbols: np.ndarray) -> np.ndarray:
+    symbols = np.asarray(symbols)
+    if symbols.ndim != 1 or (symbols.size and symbols.dtype.kind not in "iu"):
+        raise EncodeError(f"Huffman symbols must be a 1-D int array, got {symbols.dtype} of shape {symbols.shape}")
+    symbols = symbols.astype(np.int64)
+    if symbols.size and (symbols.min() < 0 or symbols.max() >= SYMBOL_LIMIT):
+        raise EncodeError(
+            f"Huffman symbols must be in [0, {SYMBOL_LIMIT}), got range [{symbols.min()}, {symbols.max()}]"
+        )
+    return symbols
+
+
+def _codewords(counts: list[int], ordered: list[int]) -> dict[int, frozenbitarray]:
+    """Assign canonical codewords: consecutive values within a length, shifted left per length."""
+    code, value, index = {}, 0, 0
+    for length, n in enumerate(counts, start=1):
+        for symbol in ordered[index : index + n]:
+            code[symbol] = frozenbitarray(int2ba(value, length, endian="big"))
+            value += 1
+        index += n
+        value <<= 1
+    return code
+
+
+def _check_table(counts: list[int], ordered: list[int]) -> None:
+    """A stored table must be what :func:`huffman_table` writes: complete, canonical order."""
+    if counts and counts[-1] == 0:
+        raise CorruptFileError(f"Huffman table declares {len(counts)}-bit codes but has none that long")
+    longest = len(counts)
+    kraft = sum(n << (longest - length) for length, n in enumerate(counts, start=1))
+    if counts and kraft != 1 << longest:
+        raise CorruptFileError(f"Huffman table counts {counts} do not form a complete prefix code")
+    if max(ordered) >= SYMBOL_LIMIT or len(set(ordered)) != len(ordered):
+        raise CorruptFileError(f"Huffman table symbols must be distinct and below {SYMBOL_LIMIT}")
+    bounds = np.cumsum([0, *counts])
+    if any(ordered[a:b] != sorted(ordered[a:b]) for a, b in zip(bounds[:-1], bounds[1:])):
+        raise CorruptFileError("Huffman table symbols are not in canonical (ascending) order")
+
+
+def _decode_payload(payload: bytes, counts: list[int], ordered: list[int], count: int) -> np.ndarray:
+    bits = bitarray(endian="big")
+    bits.frombytes(payload)
+    # islice stops after `count` symbols, so the padding bits are never decoded.
+    decoded = itertools.islice(canonical_decode(bits, [0, *counts], ordered), count)
+    try:
+        symbols = np.fromiter(decoded, dtype=np.int64, count=count)
+    except ValueError:  # the bits ran out, possibly in the middle of a codeword
+        raise CorruptFileError(f"Huffman payload of {len(payload)} bytes is too short for {count} symbols") from None
+    code_length = np.zeros(max(ordered) + 1, dtype=np.int64)
+    code_length[ordered] = np.repeat(np.arange(1, len(counts) + 1), counts)
+    used = int(code_length[symbols].sum())
+    if len(payload) != -(-used // BITS_PER_BYTE) or bits[used:].any():
+        raise CorruptFileError(
+            f"Huffman payload is {len(payload)} bytes; {count} symbols need {used} bits, zero padded to a byte"
+        )
+    return symbols
+
+
+def _varints(values: list[int]) -> bytes:
+    out = bytearray()
+    for value in values:
+        while value >= 0x80:
+            out.append(0x80 | (value & 0x7F))
+            value >>= 7
+        out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
+    value = 0
+    for i in range(MAX_VARINT_BYTES):
+        if offset + i >= len(data):
+            raise CorruptFileError("Huffman table is truncated")
+        byte = data[offset + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if byte < 0x80:
+            return value, offset + i + 1
+    raise CorruptFileError(f"Huffman table holds a varint longer than {MAX_VARINT_BYTES} bytes")
+
+
+def _read_varints(data: bytes, offset: int, n: int) -> tuple[list[int], int]:
+    if n > len(data) - offset:  # each varint takes at least one byte: refuse before looping
+        raise CorruptFileError(f"Huffman table is truncated: {n} entries, {len(data) - offset} bytes left")
+    values = []
+    for _ in range(n):
+        value, offset = _read_varint(data, offset)
+        values.append(value)
+    return values, offset
