@@ -32,6 +32,11 @@ def get_codec(name: str) -> ModuleType:
         ) from None
 
 
+from . import weightless  # noqa: E402
+
+register(weightless)
+
+
 from . import deep  # noqa: E402
 
 register(deep)

@@ -1,0 +1,384 @@
+"""Weightless (Reagen et al., ICML 2018): a pruned, clustered layer stored lossily in a retrieval filter.
+
+The non-zero weights' linear positions (C order) are the keys and their cluster codes the
+values of a static function, by default a Bloomier filter (:mod:`~weightcodec.codecs.bloomier`).
+No position is stored: a layer is decoded by querying *every* position, and a query returns
+a t-bit value that is a code below ``K`` (a weight) or anything else (a zero)::
+
+    layer (3 x 4)         keys = non-zero positions   values = codes      codebook
+    [ 0  .7  0   0 ]      1, 7, 8                      1, 0, 1             [-.2, .7]
+    [ 0   0  0 -.2 ]  ->                            -> filter of m = 1.23 n + 32 cells of t bits
+    [.7   0  0   0 ]
+    decode: for every position p, v = query(p); weight = codebook[v] if v < K else 0
+
+Stored weights come back exactly; each zero position comes back non-zero (a false positive,
+set to a uniformly random centroid) with probability ``K / 2**t``. Weightless retrains the
+layers after an encoded one to absorb them. The cost is about ``1.23 * t`` bits per non-zero
+and does not depend on how sparse the layer is. Byte layouts: ``docs/codecs/weightless.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, NamedTuple
+
+import numpy as np
+
+from ..errors import CorruptFileError, EncodeError, FormatError
+from .base import Encoded
+from .bloomier import DEFAULT_RATIO, BloomierTable, bloomier_build, bloomier_decode_layer, pack_cells, unpack_cells
+from .hashing import K_HASHES, MAX_SEGMENT, MAX_T
+
+__all__ = [
+    "NAME",
+    "Filter",
+    "FILTERS",
+    "encode",
+    "decode",
+    "describe",
+    "expected_false_positives",
+    "smallest_t",
+    "measured_false_positives",
+]
+
+NAME = "weightless"
+SECTIONS = ("codebook", "table")
+CENTROID_DTYPE = np.dtype("<f4")
+BITS_PER_BYTE = 8
+MAX_SEED = 2**64 - 1
+
+
+class Filter(NamedTuple):
+    """A retrieval structure the weightless codec can store its codes in.
+
+    ``build(keys, codes, *, t, seed, ratio) -> (params, table)`` stores ``codes`` (ints below
+    ``2**t``) under ``keys`` (unique ascending int64 positions) and returns the JSON-able
+    parameters it needs to read the table back (merged into the tensor's meta) and the
+    ``table`` section bytes; it must be deterministic. ``decode(meta, table, lut, size)``
+    queries positions ``0..size-1`` and returns float32 ``lut[value]`` for each, raising
+    :class:`~weightcodec.errors.CorruptFileError` for parameters or bytes it cannot trust.
+    """
+
+    build: Callable[..., tuple[dict, bytes]]
+    decode: Callable[[Mapping, bytes, np.ndarray, int], np.ndarray]
+
+
+def _bloomier_build(keys: np.ndarray, codes: np.ndarray, *, t: int, seed: int, ratio: float) -> tuple[dict, bytes]:
+    table = bloomier_build(keys, codes, t=t, seed=seed, ratio=ratio)
+    return {"m": table.m, "k": K_HASHES, "seed": table.seed}, pack_cells(table.cells, t)
+
+
+def _bloomier_decode(meta: Mapping, table: bytes, lut: np.ndarray, size: int) -> np.ndarray:
+    t, n = meta["t"], meta["n"]
+    _meta_int(meta, "k", K_HASHES, K_HASHES)
+    m = _meta_int(meta, "m", 0, K_HASHES * MAX_SEGMENT)
+    seed = _meta_int(meta, "seed", 0, MAX_SEED)
+    if m % K_HASHES or m < n or (m == 0) != (n == 0):
+        raise CorruptFileError(
+            f"weightless tensor has m={m} cells for n={n} keys; expected 0 for 0 keys, else a multiple of 3 >= n"
+        )
+    return bloomier_decode_layer(BloomierTable(unpack_cells(table, m, t), t, seed), lut, size)
+
+
+FILTERS: dict[str, Filter] = {
+    "bloomier": Filter(_bloomier_build, _bloomier_decode),
+}
+
+
+def encode(
+    array: np.ndarray, *, t: int, seed: int = 0, ratio: float = DEFAULT_RATIO, filter: str = "bloomier"
+) -> Encoded:
+    """Store a pruned, clustered float32 array in a retrieval filter of t-bit cells.
+
+    Parameters
+    ----------
+    array : ndarray of float32, any shape
+        Finite values; zeros (either sign) are pruned weights, the ``K`` distinct non-zero
+        values are the centroids, ``K <= 2**t``. Read in C order.
+    t : int
+        Bits per cell, 1..16; a zero decodes non-zero with probability ``K / 2**t``.
+    seed : int, optional
+        First hash seed tried, ``0 <= seed < 2**64``; the one that builds is stored.
+    ratio : float, optional
+        Filter cells per non-zero (Bloomier: 1.23 peels reliably).
+    filter : str, optional
+        Retrieval structure, a key of :data:`FILTERS`.
+
+    Returns
+    -------
+    Encoded
+        Sections ``codebook`` (K float32, ascending) and ``table``; ``meta`` holds
+        ``filter``, ``t``, ``K``, ``n`` (non-zeros) and the filter's own parameters (Bloomier:
+        ``m``, ``k``, ``seed``). Equal input and seed give equal bytes.
+
+    Raises
+    ------
+    EncodeError
+        For a non-float32 array, NaN or infinite values, ``t`` outside 1..16 or too small for
+        ``K``, an unknown filter, or a filter that cannot be built.
+
+    Examples
+    --------
+    >>> w = np.array([[0, 0.5, 0], [0, 0, -0.25]], dtype=np.float32)
+    >>> e = encode(w, t=8)
+    >>> e.meta
+    {'filter': 'bloomier', 't': 8, 'K': 2, 'n': 2, 'm': 36, 'k': 3, 'seed': 0}
+    >>> decode(e.meta, e.sections, w.shape)[w != 0].tolist()
+    [0.5, -0.25]
+    """
+    ops = _filter(filter, EncodeError)
+    t = _check_t(t)
+    values = _check_array(array)
+    keys = np.flatnonzero(values)
+    codebook, codes = np.unique(values[keys], return_inverse=True)
+    if codebook.size > 2**t:
+        raise EncodeError(
+            f"array has {codebook.size} distinct non-zero values; t={t} holds at most {2**t} codes: "
+            f"use t >= {math.ceil(math.log2(codebook.size))} or cluster the weights first"
+        )
+    params, table = ops.build(keys.astype(np.int64), codes.reshape(-1), t=t, seed=seed, ratio=ratio)
+    meta = {"filter": filter, "t": t, "K": int(codebook.size), "n": int(keys.size), **params}
+    return Encoded(NAME, meta, {"codebook": codebook.astype(CENTROID_DTYPE).tobytes(), "table": table})
+
+
+def decode(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) -> np.ndarray:
+    """Query every position: the stored weights exactly, plus the false positives.
+
+    Parameters
+    ----------
+    meta : mapping
+        As written by :func:`encode`.
+    sections : mapping of str to bytes
+        Exactly ``codebook`` and ``table``.
+    shape : tuple of int
+        Shape of the tensor.
+
+    Returns
+    -------
+    ndarray of float32, shape ``shape``
+
+    Raises
+    ------
+    CorruptFileError
+        If a parameter is out of range or a section's length disagrees with the parameters.
+    FormatError
+        If ``meta["filter"]`` names a filter this version does not know.
+
+    Examples
+    --------
+    >>> e = encode(np.eye(3, dtype=np.float32), t=12)
+    >>> decode(e.meta, e.sections, (3, 3)).diagonal().tolist()
+    [1.0, 1.0, 1.0]
+    """
+    size = math.prod(shape)
+    ops, codebook, t = _read_params(meta, sections, size)
+    lut = np.zeros(2**t, dtype=np.float32)  # codes K..2**t-1 read as "absent": a zero weight
+    lut[: codebook.size] = codebook
+    return ops.decode(meta, bytes(sections["table"]), lut, size).reshape(shape)
+
+
+def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) -> dict:
+    """Figures for ``inspect``: size against the ``n * t`` bound, expected and measured false positives.
+
+    Parameters
+    ----------
+    meta, sections, shape
+        As for :func:`decode`.
+
+    Returns
+    -------
+    dict
+        ``filter``, ``n`` (stored non-zeros), ``m`` (cells), ``t``, ``clusters`` (K),
+        ``bits_per_nonzero`` (all sections) and ``table_bits_per_nonzero``, ``bytes`` and
+        ``section_bytes``, ``bound_bytes`` (``n * t / 8``, the least any retrieval structure
+        needs, plus the codebook), ``overhead_percent``, ``expected_false_positives``
+        (``(size - n) * K / 2**t``) and ``measured_false_positives`` (decoded non-zeros
+        minus ``n``: every stored key decodes to its non-zero centroid).
+
+    Raises
+    ------
+    CorruptFileError, FormatError
+        As for :func:`decode`.
+
+    Examples
+    --------
+    >>> e = encode(np.eye(4, dtype=np.float32), t=8)
+    >>> d = describe(e.meta, e.sections, (4, 4))
+    >>> d["n"], d["m"], d["clusters"], d["section_bytes"]
+    (4, 39, 1, {'codebook': 4, 'table': 39})
+    """
+    size = math.prod(shape)
+    decoded = decode(meta, sections, shape)
+    n, t, clusters = meta["n"], meta["t"], meta["K"]
+    section_bytes = {name: len(sections[name]) for name in SECTIONS}
+    total = sum(section_bytes.values())
+    bound = n * t / BITS_PER_BYTE + section_bytes["codebook"]
+    return {
+        "filter": meta["filter"],
+        "n": n,
+        "m": meta.get("m"),
+        "t": t,
+        "clusters": clusters,
+        "bits_per_nonzero": _per(BITS_PER_BYTE * total, n),
+        "table_bits_per_nonzero": _per(BITS_PER_BYTE * section_bytes["table"], n),
+        "bytes": total,
+        "section_bytes": section_bytes,
+        "bound_bytes": bound,
+        "overhead_percent": _per(100.0 * (total - bound), bound),
+        "expected_false_positives": expected_false_positives(clusters, t, size - n),
+        "measured_false_positives": int(np.count_nonzero(decoded)) - n,
+    }
+
+
+# ----------------------------------------------------------------------------- choosing t
+
+
+def expected_false_positives(clusters: int, t: int, zeros: int) -> float:
+    """Expected zero positions that decode non-zero: ``zeros * K / 2**t``.
+
+    Examples
+    --------
+    >>> expected_false_positives(8, 8, 216_384)
+    6762.0
+    """
+    return zeros * clusters / 2**t
+
+
+def smallest_t(clusters: int, tolerated_false_positives: float, zeros: int) -> int:
+    """The smallest cell width whose expected false positives stay within a tolerance.
+
+    Parameters
+    ----------
+    clusters : int
+        ``K``, the number of centroids (codes ``0..K-1``).
+    tolerated_false_positives : float
+        Expected count of zero positions decoding non-zero that is acceptable, ``>= 0``.
+    zeros : int
+        Zero positions of the layer (its size minus the non-zeros).
+
+    Returns
+    -------
+    int
+        The least ``t`` in 1..16 with ``2**t >= K`` and
+        ``zeros * K / 2**t <= tolerated_false_positives``.
+
+    Raises
+    ------
+    EncodeError
+        For negative arguments, or if even ``t = 16`` expects too many false positives.
+
+    Examples
+    --------
+    >>> smallest_t(8, 7000, 216_384)  # LeNet-300-100 FC-0 at 8 % density, 8 clusters
+    8
+    >>> smallest_t(8, 0, 0)
+    3
+    """
+    if clusters < 0 or zeros < 0 or not tolerated_false_positives >= 0:
+        raise EncodeError(
+            f"smallest_t needs clusters >= 0, zeros >= 0 and tolerated_false_positives >= 0; got "
+            f"{clusters}, {zeros}, {tolerated_false_positives}"
+        )
+    low = max(1, math.ceil(math.log2(clusters))) if clusters else 1
+    for t in range(low, MAX_T + 1):
+        if expected_false_positives(clusters, t, zeros) <= tolerated_false_positives:
+            return t
+    raise EncodeError(
+        f"{zeros} zeros with {clusters} clusters expect {expected_false_positives(clusters, MAX_T, zeros):.1f} "
+        f"false positives even at t={MAX_T}; tolerate more or use fewer clusters"
+    )
+
+
+def measured_false_positives(original: np.ndarray, decoded: np.ndarray) -> int:
+    """Count the positions that are zero in ``original`` and non-zero in ``decoded``.
+
+    Parameters
+    ----------
+    original, decoded : ndarray, same shape
+        The layer before encoding and as decoded.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+
+    Examples
+    --------
+    >>> measured_false_positives(np.array([0, 1, 0, 0.]), np.array([0, 1, 2, 0.]))
+    1
+    """
+    original, decoded = np.asarray(original), np.asarray(decoded)
+    if original.shape != decoded.shape:
+        raise ValueError(f"original has shape {original.shape}, decoded {decoded.shape}; they must match")
+    return int(np.count_nonzero((original == 0) & (decoded != 0)))
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _filter(name: str, error: type[Exception]) -> Filter:
+    try:
+        return FILTERS[name]
+    except (KeyError, TypeError):
+        raise error(f"unknown filter {name!r}; this weightcodec knows {sorted(FILTERS)}") from None
+
+
+def _check_t(t: int) -> int:
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= MAX_T:
+        raise EncodeError(f"t must be an int in 1..{MAX_T} (bits per cell), got {t!r}")
+    return int(t)
+
+
+def _check_array(array: np.ndarray) -> np.ndarray:
+    """The array as flat float32 after checking dtype and finiteness."""
+    array = np.asarray(array)
+    if array.dtype.kind != "f" or array.dtype.itemsize != 4:
+        raise EncodeError(
+            f"weightless codec encodes float32 arrays, got {array.dtype}; convert with .astype(np.float32) first"
+        )
+    values = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+        raise EncodeError(
+            f"weightless codec needs finite values; array holds {n_nan} NaN and {n_inf} infinite values "
+            f"(first at flat index {int(np.argmax(bad))})"
+        )
+    return values
+
+
+def _read_params(meta: Mapping, sections: Mapping[str, bytes], size: int) -> tuple[Filter, np.ndarray, int]:
+    """Check the common parameters and the codebook; return the filter, codebook and ``t``."""
+    if sorted(sections) != sorted(SECTIONS):
+        raise CorruptFileError(f"weightless tensor has sections {sorted(sections)}; expected {list(SECTIONS)}")
+    if not isinstance(meta.get("filter"), str):
+        raise CorruptFileError(f"weightless tensor meta 'filter' must be a string, got {meta.get('filter')!r}")
+    ops = _filter(meta["filter"], FormatError)
+    t = _meta_int(meta, "t", 1, MAX_T)
+    n = _meta_int(meta, "n", 0, size)
+    clusters = _meta_int(meta, "K", 0, min(2**t, n))
+    if (clusters == 0) != (n == 0):
+        raise CorruptFileError(f"weightless tensor has K={clusters} centroids for n={n} non-zeros")
+    data = bytes(sections["codebook"])
+    if len(data) != clusters * CENTROID_DTYPE.itemsize:
+        raise CorruptFileError(f"weightless codebook is {len(data)} bytes; K={clusters} needs {clusters * 4}")
+    codebook = np.frombuffer(data, dtype=CENTROID_DTYPE).astype(np.float32)
+    if not np.all(np.isfinite(codebook)) or np.any(codebook == 0) or np.any(np.diff(codebook) <= 0):
+        raise CorruptFileError("weightless codebook must hold finite, non-zero, strictly ascending centroids")
+    return ops, codebook, t
+
+
+def _meta_int(meta: Mapping, key: str, low: int, high: int) -> int:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CorruptFileError(f"weightless tensor meta {key!r} is {value!r}; expected an int in {low}..{high}")
+    return value
+
+
+def _per(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, or 0.0 when there is nothing to divide by."""
+    return numerator / denominator if denominator else 0.0
