@@ -1,0 +1,255 @@
+import hashlib
+import math
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from weightcodec.codecs import ribbon
+from weightcodec.codecs.ribbon import (
+    MAX_TRIES,
+    ribbon_build,
+    ribbon_decode_layer,
+    ribbon_describe,
+    ribbon_filter_build,
+    ribbon_filter_decode,
+    ribbon_query,
+)
+from weightcodec.errors import CorruptFileError, EncodeError
+
+
+def random_keys_values(n, clusters, rng, universe=2**40):
+    keys = np.unique(rng.integers(0, universe, size=n + n // 8 + 8))
+    keys = rng.permutation(keys)[:n]  # unsorted on purpose: the build must not rely on order
+    return keys, rng.integers(0, clusters, size=keys.size)
+
+
+@st.composite
+def build_cases(draw):
+    clusters = draw(st.integers(2, 256))
+    t = draw(st.integers(max(1, math.ceil(math.log2(clusters))), 16))
+    n = draw(st.integers(1, 3000))
+    return clusters, t, n, draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**32))
+
+
+@settings(max_examples=80, deadline=None)
+@given(build_cases())
+def test_every_stored_key_reads_back_exactly(case):
+    clusters, t, n, seed, data_seed = case
+    keys, values = random_keys_values(n, clusters, np.random.default_rng(data_seed))
+    table, params = ribbon_build(keys, values, t, seed=seed)
+    np.testing.assert_array_equal(ribbon_query(table, params, keys), values)
+
+
+@pytest.mark.parametrize("n", [1, 2, 63, 64, 511, 512, 513, 5000, 19_000, 1_000_000])
+@pytest.mark.parametrize("seed", [0, 7, 2**64 - 1])
+def test_grid_of_sizes_and_seeds(n, seed):
+    if n == 1_000_000 and seed != 0:
+        pytest.skip("one seed is enough at 10^6 keys (runtime)")
+    rng = np.random.default_rng(n + seed % 1000)
+    keys, values = random_keys_values(n, 32, rng)
+    table, params = ribbon_build(keys, values, 8, seed=seed)
+    np.testing.assert_array_equal(ribbon_query(table, params, keys), values)
+
+
+@pytest.mark.parametrize("clusters,t", [(2, 1), (2, 16), (3, 2), (256, 8), (256, 16), (17, 5)])
+def test_extreme_widths(clusters, t):
+    keys, values = random_keys_values(4000, clusters, np.random.default_rng(t))
+    table, params = ribbon_build(keys, values, t, seed=1)
+    np.testing.assert_array_equal(ribbon_query(table, params, keys), values)
+
+
+def test_values_all_equal_and_unsorted_input_give_the_set_bytes():
+    rng = np.random.default_rng(3)
+    keys, _ = random_keys_values(3000, 4, rng)
+    values = np.zeros(keys.size, dtype=np.int64)
+    table, params = ribbon_build(keys, values, 4, seed=5)
+    np.testing.assert_array_equal(ribbon_query(table, params, keys), values)
+    order = np.argsort(keys)
+    assert ribbon_build(keys[order], values[order], 4, seed=5)[0] == table
+
+
+def test_determinism_and_seed_dependence():
+    keys, values = random_keys_values(20_000, 32, np.random.default_rng(11))
+    a = ribbon_build(keys, values, 8, seed=42)
+    assert ribbon_build(keys, values, 8, seed=42) == a
+    assert ribbon_build(keys, values, 8, seed=43)[0] != a[0]
+
+
+def test_golden_bytes_pin_the_format():
+    # Hashes, band layout, bumping and packing all feed these bytes: any change is a format change.
+    table, _ = ribbon_build(np.arange(0, 3000, 3), np.arange(1000) % 5, 3, seed=9)
+    # header 16 + levels 8 + 2 layers x 5; layer 0: 8 buckets x 2 bits = 2 bytes, 960/64*3 words;
+    # layer 1 (last): 192/64*3 words
+    assert len(table) == 16 + 8 + 10 + 2 + 960 // 64 * 3 * 8 + 192 // 64 * 3 * 8
+    assert hashlib.sha256(table).hexdigest() == "640e85f85b2e146c0179700e2c16902228ab847dd4282214cfc865105d520736"
+
+
+@pytest.mark.parametrize(
+    "clusters,t,n,universe",
+    [(32, 8, 20_000, 400_000), (3, 4, 5_000, 800_000), (200, 8, 2_000, 300_000), (2, 10, 50_000, 4_000_000)],
+)
+def test_false_positive_rate_is_k_over_2_to_t(clusters, t, n, universe):
+    rng = np.random.default_rng(clusters * 1000 + t)
+    keys = np.sort(rng.choice(universe, size=n, replace=False))
+    values = rng.integers(0, clusters, size=n)
+    table, params = ribbon_build(keys, values, t, seed=3)
+    others = np.setdiff1d(np.arange(universe), keys)
+    hits = int(np.count_nonzero(ribbon_query(table, params, others) < clusters))
+    p = clusters / 2**t
+    mean, sigma = others.size * p, math.sqrt(others.size * p * (1 - p))
+    assert abs(hits - mean) < 5 * sigma, (hits, mean, sigma)
+
+
+def test_non_key_values_are_uniform_over_t_bits():
+    keys, values = random_keys_values(10_000, 4, np.random.default_rng(5))
+    table, params = ribbon_build(keys, values, 4, seed=0)
+    probe = np.arange(2**41, 2**41 + 160_000)  # outside the key universe
+    counts = np.bincount(ribbon_query(table, params, probe), minlength=16)
+    expected = probe.size / 16
+    chi2 = float(np.sum((counts - expected) ** 2 / expected))
+    assert chi2 < 60  # 15 degrees of freedom: p < 1e-6 of exceeding by chance
+
+
+@pytest.mark.parametrize("n,density,bound", [(784 * 300, 0.08, 1.05), (800 * 500, 0.08, 1.05), (4_000_000, 0.04, 1.03)])
+def test_space_bits_per_key(n, density, bound):
+    rng = np.random.default_rng(1)
+    size = n if n < 10**6 else int(n / density)
+    keys = np.flatnonzero(rng.random(size) < density)
+    values = rng.integers(0, 32, size=keys.size)
+    table, _ = ribbon_build(keys, values, 8, seed=0)
+    assert 8 * len(table) / keys.size <= bound * 8
+
+
+def test_empty_table_reads_random_values():
+    table, params = ribbon_build(np.zeros(0, np.int64), np.zeros(0, np.int64), 8, seed=1)
+    assert ribbon_describe(table)["layers"] == []
+    out = ribbon_query(table, params, np.arange(100_000))
+    assert abs(np.count_nonzero(out < 32) / out.size - 32 / 256) < 0.01
+    lut = np.zeros(256, np.float32)
+    lut[:32] = 1
+    np.testing.assert_array_equal(ribbon_decode_layer(table, lut, 100_000), lut[out])
+
+
+def test_decode_layer_matches_query():
+    keys, values = random_keys_values(30_000, 32, np.random.default_rng(2), universe=400_000)
+    table, params = ribbon_build(keys, values, 8, seed=4)
+    lut = np.zeros(256, np.float32)
+    lut[:32] = np.linspace(-1, 1, 32)
+    dense = ribbon_decode_layer(table, lut, 400_000)
+    np.testing.assert_array_equal(dense, lut[ribbon_query(table, params, np.arange(400_000))])
+    np.testing.assert_array_equal(dense[keys], lut[values])
+
+
+def test_filter_adapter_roundtrip_and_meta_check():
+    keys, values = np.array([2, 9, 40]), np.array([1, 0, 3])
+    params, table = ribbon_filter_build(keys, values, t=4, seed=3)
+    assert params == {"seed": 3, "m": 128}
+    lut = np.arange(16, dtype=np.float32)
+    meta = {"t": 4, **params}
+    np.testing.assert_array_equal(ribbon_filter_decode(meta, table, lut, 41)[keys], [1, 0, 3])
+    with pytest.raises(CorruptFileError, match="says seed=4 but its ribbon table has seed=3"):
+        ribbon_filter_decode({**meta, "seed": 4}, table, lut, 41)
+
+
+# --- errors at the public boundary ------------------------------------------------------------
+
+
+def test_build_errors_list_all_problems():
+    with pytest.raises(EncodeError) as info:
+        ribbon_build(np.array([1, 1, -2]), np.array([0, 9, 1]), 3)
+    message = str(info.value)
+    assert "1 keys are outside [0, 2**62), first: [-2]" in message
+    assert "1 values are outside [0, 2**3), first: [9]; raise t" in message
+    assert "1 duplicate keys, first: [1]" in message
+
+
+@pytest.mark.parametrize(
+    "keys,values,t,match",
+    [
+        (np.array([1]), np.array([0]), 0, "t = 0 is outside 1..16"),
+        (np.array([1]), np.array([0]), 17, "t = 17 is outside 1..16"),
+        (np.array([1, 2]), np.array([0]), 4, r"equal length; got shapes \(2,\) and \(1,\)"),
+        (np.array([1.5]), np.array([0]), 4, "must be integers"),
+    ],
+)
+def test_build_error_messages(keys, values, t, match):
+    with pytest.raises(EncodeError, match=match):
+        ribbon_build(keys, values, t)
+
+
+def test_bad_tuning_is_refused():
+    with pytest.raises(EncodeError, match="bucket = 100 is not a power of two"):
+        ribbon_build(np.arange(10), np.zeros(10, int), 4, bucket=100)
+    with pytest.raises(EncodeError, match="levels"):
+        ribbon_build(np.arange(10), np.zeros(10, int), 4, levels=(0, 5, 3, 128))
+
+
+def test_exhausted_tries_raise_a_clear_error(monkeypatch):
+    calls = []
+
+    def never(order, starts, coeffs, results, m):
+        calls.append(m)
+        return np.zeros(m, np.uint64), np.zeros(m, np.uint16), False
+
+    monkeypatch.setattr(ribbon, "_plain_layer", never)
+    with pytest.raises(EncodeError, match=f"did not solve in {MAX_TRIES} tries with seed 5"):
+        ribbon_build(np.arange(100), np.zeros(100, int), 4, seed=5)
+    assert len(calls) == MAX_TRIES and calls == sorted(calls)  # sizes never shrink between tries
+
+
+# --- hostile tables -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good_table():
+    keys, values = random_keys_values(5000, 32, np.random.default_rng(0))
+    return ribbon_build(keys, values, 8, seed=0)
+
+
+def _patched(table, offset, fmt, value):
+    data = bytearray(table)
+    struct.pack_into(fmt, data, offset, value)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda b: b[:10], "the header alone needs"),
+        (lambda b: b[:-1], "need exactly"),
+        (lambda b: b + b"\0", "need exactly"),
+        (lambda b: _patched(b, 0, "<B", 2), "version 2"),
+        (lambda b: _patched(b, 1, "<B", 0), "t = 0"),
+        (lambda b: _patched(b, 1, "<B", 9), "need exactly"),
+        (lambda b: _patched(b, 2, "<B", 128), "band width 128"),
+        (lambda b: _patched(b, 3, "<B", 3), "meta_bits = 3"),
+        (lambda b: _patched(b, 4, "<H", 100), "power-of-two bucket"),
+        (lambda b: _patched(b, 6, "<B", 200), "at most 13 layers"),
+        (lambda b: _patched(b, 16, "<H", 5), "not increasing from 0"),
+        (lambda b: _patched(b, 24, "<I", 100), "multiples of 64"),
+        (lambda b: _patched(b, 28, "<B", 200), "tries below"),
+        (lambda b: _patched(b, 24, "<I", 2**31), "need exactly"),
+    ],
+)
+def test_hostile_tables_are_rejected(good_table, mutate, match):
+    table, params = good_table
+    with pytest.raises(CorruptFileError, match=match):
+        ribbon_query(mutate(table), params, np.arange(10))
+
+
+def test_t_mismatch_with_params_is_rejected(good_table):
+    table, params = good_table
+    with pytest.raises(CorruptFileError, match="has t = 8 but its parameters say t = 7"):
+        ribbon_query(table, {**params, "t": 7}, np.arange(3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_crash(data):
+    try:
+        ribbon_query(data, {}, np.arange(5))
+    except CorruptFileError:
+        pass
