@@ -1,11 +1,27 @@
-"""weightcodec: shrink trained PyTorch models into one real, small file, and restore them."""
+"""weightcodec: shrink trained PyTorch models into one real, small file, and restore them.
 
-from .errors import CorruptFileError, DataError, EncodeError, FormatError, WeightcodecError
+>>> import weightcodec                                                  # doctest: +SKIP
+>>> weightcodec.compress(model, "recipe.toml", "model.wcz")             # prune, cluster, encode
+>>> weightcodec.load_into(model, "model.wcz")                           # and back
+"""
 
+# Set before the submodules are imported: the files they write record it as their producer.
 __version__ = "0.1.0"
+
+from .api import apply_recipe, compress, load, load_bytes, load_into  # noqa: E402
+from .errors import CorruptFileError, DataError, EncodeError, FormatError, WeightcodecError  # noqa: E402
+from .recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
 
 __all__ = [
     "__version__",
+    "compress",
+    "apply_recipe",
+    "load",
+    "load_bytes",
+    "load_into",
+    "Recipe",
+    "load_recipe",
+    "parse_recipe",
     "WeightcodecError",
     "FormatError",
     "CorruptFileError",

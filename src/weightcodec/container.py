@@ -35,6 +35,8 @@ __all__ = [
     "from_bytes",
     "write",
     "read",
+    "atomic_write_bytes",
+    "check_writable",
 ]
 
 MAGIC = b"\x89WCZ\r\n\x1a\n"
@@ -143,16 +145,48 @@ def write(path: str | os.PathLike, records: Iterable[TensorRecord], metadata: Ma
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Raises
+    ------
+    WeightcodecError
+        If the folder does not exist or is not writable, or ``path`` is a folder; nothing is
+        left behind.
+    """
+    path = check_writable(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as exc:
+        raise WeightcodecError(f"{path}: cannot write: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        # mkstemp creates the file private (0600); give it the mode a plain open() would have
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, after checking that a file can be created there (its folder exists).
+
+    Call it before long work whose result goes to ``path``, to fail early.
+
+    Raises
+    ------
+    WeightcodecError
+        If ``path`` is a folder or its folder does not exist.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise WeightcodecError(f"{path}: is a directory, expected a file name")
+    if not path.parent.is_dir():
+        raise WeightcodecError(f"{path}: cannot write: folder {path.parent} does not exist")
+    return path
 
 
 def _check_records(records: list[TensorRecord]) -> None:

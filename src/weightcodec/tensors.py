@@ -26,6 +26,7 @@ __all__ = [
     "decode_file",
     "load_state_dict",
     "save_state_dict",
+    "STATE_DICT_SUFFIXES",
 ]
 
 DTYPE_NAMES: dict[torch.dtype, str] = {
@@ -41,6 +42,8 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.bool: "bool",
 }
 TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
+#: File types :func:`save_state_dict` writes: safetensors, or a PyTorch pickle of tensors only.
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 def dtype_name(tensor: torch.Tensor, name: str = "tensor") -> str:
@@ -127,8 +130,10 @@ def _as_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Write ``state_dict`` as ``.safetensors`` (by suffix) or a PyTorch ``.pt`` file, atomically."""
+    """Write ``state_dict`` as ``.safetensors`` or a PyTorch ``.pt``/``.pth`` file (by suffix), atomically."""
     path = Path(path)
+    if path.suffix not in STATE_DICT_SUFFIXES:
+        raise WeightcodecError(f"{path}: cannot tell the file type from {path.suffix!r}; use one of {list(STATE_DICT_SUFFIXES)}")
     if path.suffix == ".safetensors":
         from safetensors.torch import save
 

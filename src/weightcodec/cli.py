@@ -1,0 +1,236 @@
+"""The ``weightcodec`` command: argument parsing, progress and exit codes, nothing else.
+
+Every command calls the Python API (:mod:`weightcodec.api`, :mod:`weightcodec.report`,
+:mod:`weightcodec.pipelines`). Exit codes: 0 success, 1 a user error or a bad file (one line on
+stderr), 2 bad arguments, 3 an internal error (a bug: rerun with ``--debug`` for the traceback),
+130 interrupted. Outputs are written atomically, so a failed command leaves nothing half-written.
+
+::
+
+    weightcodec encode model.pt -o model.wcz --codec deep --clusters 16 --sparsity 0.8
+    weightcodec decode model.wcz -o restored.safetensors
+    weightcodec decode model.wcz --onnx model.onnx -o compressed.onnx
+    weightcodec inspect model.wcz [--json] [--plot bytes.png]
+    weightcodec compress --recipe recipe.toml my_models:build --weights model.pt -o model.wcz
+    weightcodec reproduce lenet300 --method deep --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__, api, container, report, tensors
+from .errors import WeightcodecError
+from .recipe import METHODS, load_recipe, recipe_from_options
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+MODELS = ("lenet300", "lenet5")
+REPRODUCE_METHODS = ("deep", "weightless")
+# encode's codec options, as (flag, recipe key); a flag left out keeps the recipe default
+CODEC_OPTIONS = (("clusters", "clusters"), ("sparsity", "sparsity"), ("t", "t"), ("init", "init"),
+                 ("filter", "filter"), ("entropy", "entropy"), ("index_bits", "index_bits"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        print("weightcodec: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, like other Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except WeightcodecError as exc:
+        if args.debug:
+            raise
+        _error(str(exc))
+        return EXIT_ERROR
+    except OSError as exc:
+        if args.debug:
+            raise
+        _error(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
+        return EXIT_ERROR
+    except Exception as exc:  # a bug: say so in one line, the traceback is one flag away
+        if args.debug:
+            raise
+        _error(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it")
+        return EXIT_BUG
+    return EXIT_OK
+
+
+def _error(message: str) -> None:
+    print(f"weightcodec: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: one sub-command per verb, ``--quiet`` / ``--debug`` on each."""
+    parser = argparse.ArgumentParser(
+        prog="weightcodec", description="Shrink trained PyTorch models into one small .wcz file, and back."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    for flags_of in (parser, common):
+        # the sub-commands' copies default to SUPPRESS, so they never undo a flag given before the command
+        default = False if flags_of is parser else argparse.SUPPRESS
+        flags_of.add_argument("--quiet", "-q", action="store_true", default=default, help="no progress bars")
+        flags_of.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"weightcodec {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_encode, _add_decode, _add_inspect, _add_compress, _add_reproduce):
+        add(commands, common)
+    return parser
+
+
+def _add_encode(commands, common) -> None:
+    p = commands.add_parser(
+        "encode", parents=[common], help="compress a state_dict file (.pt / .safetensors) data-free",
+        description="Encode every tensor with >= 2 dims with the codec; others are stored raw. A tensor "
+        "with at most K distinct non-zero values is stored as is (lossless); others are pruned by "
+        "magnitude (--sparsity) and clustered to K values first. Give codec options or --recipe.",
+    )
+    p.add_argument("input", type=Path, help="state_dict file: .pt/.pth (read with weights_only=True) or .safetensors")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the .wcz file to write")
+    p.add_argument("--codec", choices=list(METHODS), help="codec for the tensors with >= 2 dims")
+    p.add_argument("--clusters", "-k", type=int, help="K shared values per tensor (default 32)")
+    p.add_argument("--sparsity", type=float, help="fraction of weights pruned by magnitude, in [0, 1) (default 0)")
+    p.add_argument("--t", type=int, help="weightless: bits per Bloomier cell (required)")
+    p.add_argument("--filter", help="weightless: retrieval filter (bloomier, ribbon)")
+    p.add_argument("--entropy", help="deep: entropy coder of both streams (huffman, ans)")
+    p.add_argument("--index-bits", type=_index_bits, help="deep: gap field width in bits, or 'auto'")
+    p.add_argument("--init", help="k-means initialisation (linear, density, random)")
+    p.add_argument("--recipe", type=Path, help="a TOML recipe instead of the codec options")
+    p.add_argument("--seed", type=int, default=0, help="seed of random choices (default 0)")
+    p.set_defaults(run=_run_encode)
+
+
+def _add_decode(commands, common) -> None:
+    p = commands.add_parser("decode", parents=[common], help="restore a state_dict (or an ONNX model) from a .wcz file")
+    p.add_argument("input", type=Path, help="the .wcz file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="OUT.pt, OUT.safetensors, or OUT.onnx with --onnx")
+    p.add_argument("--onnx", type=Path, metavar="MODEL.onnx",
+                   help="write the weights into this ONNX graph's initializers (matched by name)")
+    p.set_defaults(run=_run_decode)
+
+
+def _add_inspect(commands, common) -> None:
+    p = commands.add_parser("inspect", parents=[common], help="show where the bytes of a .wcz file go")
+    p.add_argument("input", type=Path, help="the .wcz file")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--plot", type=Path, metavar="OUT.png", help="draw bytes per tensor and weight histograms")
+    p.set_defaults(run=_run_inspect)
+
+
+def _add_compress(commands, common) -> None:
+    p = commands.add_parser(
+        "compress", parents=[common], help="compress a model with a recipe (and its training hook)",
+        description="MODEL is a state_dict file, or a 'module:function' that builds the nn.Module "
+        "(searched in the recipe's folder and the working folder); a recipe with a training hook needs the latter.",
+    )
+    p.add_argument("model", help="state_dict file, or module:function returning the model")
+    p.add_argument("--recipe", type=Path, required=True, help="the TOML recipe")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the .wcz file to write")
+    p.add_argument("--weights", type=Path, help="state_dict file loaded into the model built by module:function")
+    p.add_argument("--seed", type=int, default=0, help="seed of random choices (default 0)")
+    p.set_defaults(run=_run_compress)
+
+
+def _add_reproduce(commands, common) -> None:
+    p = commands.add_parser("reproduce", parents=[common], help="run a paper's pipeline on LeNet and MNIST")
+    p.add_argument("model", choices=MODELS)
+    p.add_argument("--method", choices=REPRODUCE_METHODS, default="deep")
+    p.add_argument("--quick", action="store_true", help="a short smoke run (minutes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_reproduce)
+
+
+def _index_bits(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _run_encode(args: argparse.Namespace) -> None:
+    options = {key: getattr(args, flag) for flag, key in CODEC_OPTIONS}
+    given = [f"--{flag.replace('_', '-')}" for flag, key in CODEC_OPTIONS if options[key] is not None]
+    if args.codec is not None:
+        given.insert(0, "--codec")
+    if args.recipe is not None and given:
+        raise WeightcodecError(f"give either --recipe or --codec with its options, not both (got --recipe and {', '.join(given)})")
+    if args.recipe is None and args.codec is None:
+        raise WeightcodecError(f"give --codec {{{','.join(METHODS)}}} (or --recipe R.toml)")
+    recipe = load_recipe(args.recipe) if args.recipe else recipe_from_options(args.codec, **options)
+    state = tensors.load_state_dict(args.input)
+    _write(api.compress(state, recipe, args.output, seed=args.seed, progress=not args.quiet), args.output)
+
+
+def _run_compress(args: argparse.Namespace) -> None:
+    recipe = load_recipe(args.recipe)
+    model = api.load_model(args.model, weights=args.weights, search=[recipe.folder, Path.cwd()])
+    _write(api.compress(model, recipe, args.output, seed=args.seed, progress=not args.quiet), args.output)
+
+
+def _write(data: bytes, path: Path) -> None:
+    _say(f"wrote {path}: {report.headline(container.from_bytes(data))}")
+
+
+def _run_decode(args: argparse.Namespace) -> None:
+    if args.onnx is None:
+        tensors.save_state_dict(api.load(args.input), args.output)
+        _say(f"wrote {args.output}")
+        return
+    from .onnx_export import export_onnx
+
+    if args.output.suffix != ".onnx":
+        raise WeightcodecError(f"{args.output}: with --onnx the output must be an .onnx file")
+    left_out = export_onnx(container.read(args.input), args.onnx, args.output)
+    _say(f"wrote {args.output}")
+    if left_out:
+        _say(f"note: {len(left_out)} raw tensors have no initializer in {args.onnx} and were left out: {', '.join(left_out)}")
+
+
+def _run_inspect(args: argparse.Namespace) -> None:
+    wcz = container.read(args.input)
+    summary = report.summarize(wcz)
+    _say(json.dumps(summary, indent=2) if args.json else f"{args.input}: {report.headline(wcz)}\n\n{report.format_table(summary)}")
+    if args.plot is not None:
+        report.plot(wcz, summary, args.plot)
+        if not args.json:
+            _say(f"wrote {args.plot}")
+
+
+def _run_reproduce(args: argparse.Namespace) -> None:
+    from .pipelines.reproduce import reproduce
+
+    result = reproduce(args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet)
+    _say(_format_result(result))
+
+
+def _format_result(result: dict) -> str:
+    """The scalar figures of a reproduce() result, one per line (the JSON file has the rest)."""
+    return "\n".join(f"{key}: {value}" for key, value in result.items() if isinstance(value, (int, float, str)))
+

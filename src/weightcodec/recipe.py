@@ -1,0 +1,464 @@
+"""Recipes: which method compresses which parameter, read from a small TOML file.
+
+A recipe is a list of rules. Each rule has a glob on parameter names (``fnmatch`` style: ``*``
+also matches dots) and a method with its settings; the **first** matching rule decides a
+parameter's fate. Compressible parameters (Linear, Conv, Embedding weights; in a bare
+state_dict every floating tensor with two or more dims) that no rule matches are stored raw, as
+are all other tensors. A rule that matches no compressible parameter is an error: it is almost
+always a typo.
+
+::
+
+    # recipe.toml
+    [[rule]]
+    match = "features.0.weight"     # the first conv is small and sensitive: keep it exact
+    method = "raw"
+
+    [[rule]]
+    match = "*"                     # every other compressible weight
+    method = "deep"                 # deep | weightless | raw
+    sparsity = 0.8                  # fraction of weights pruned by magnitude (default 0)
+    clusters = 32                   # K shared values per layer (default 32)
+    init = "linear"                 # k-means initialisation
+    index_bits = "auto"             # deep only: gap field width, or "auto"
+    entropy = "huffman"             # deep only: entropy coder of both streams
+
+    [training]
+    hook = "my_training:retrain"    # optional: called as retrain(model, stage)
+
+Weightless rules take ``t`` (bits per Bloomier cell, required) and ``filter`` instead of
+``index_bits`` / ``entropy``. Unknown keys, keys that do not belong to a rule's method and
+values of the wrong type are errors that list what is valid. The ``filter`` and ``entropy``
+names go to the codec unchanged, so codecs added later are usable without a change here.
+
+The training hook is a ``module:function`` entry point. The recipe's own folder is searched
+first, so a hook living beside the recipe needs no installation.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import json
+import math
+import os
+import sys
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from .codecs import deep, weightless
+from .errors import EncodeError
+from .simplify import cluster
+
+__all__ = [
+    "METHODS",
+    "DEFAULT_CLUSTERS",
+    "PRUNED",
+    "CLUSTERED",
+    "Rule",
+    "Recipe",
+    "parse_recipe",
+    "load_recipe",
+    "as_recipe",
+    "recipe_from_options",
+    "load_entry_point",
+    "load_hook",
+]
+
+# Shared values per layer when a rule does not say: 5-bit codes, Han et al.'s choice for FC layers.
+DEFAULT_CLUSTERS = 32
+# The stage a training hook is called at: after pruning (masks in place), after clustering (ties in place).
+PRUNED, CLUSTERED = "pruned", "clustered"
+
+SIMPLIFY_KEYS = ("sparsity", "clusters", "init")
+CODEC_KEYS = {"raw": (), "deep": ("index_bits", "entropy"), "weightless": ("t", "filter")}
+#: Every method a rule can name, with the rule keys it accepts besides ``match`` and ``method``.
+METHODS = {
+    "raw": (),
+    "deep": SIMPLIFY_KEYS + CODEC_KEYS["deep"],
+    "weightless": SIMPLIFY_KEYS + CODEC_KEYS["weightless"],
+}
+REQUIRED_KEYS = {"raw": ("match",), "deep": ("match",), "weightless": ("match", "t")}
+TOP_LEVEL_KEYS = ("rule", "training")
+TRAINING_KEYS = ("hook",)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One recipe rule: the parameters it matches and what to do with them.
+
+    Attributes
+    ----------
+    match : str
+        ``fnmatch`` glob on state_dict names (``"layer*.conv?.weight"``).
+    method : str
+        A key of :data:`METHODS`.
+    sparsity : float
+        Fraction of the weights pruned by magnitude before clustering, in ``[0, 1)``.
+    clusters : int
+        Number of shared values ``K`` after clustering.
+    init : str
+        k-means initialisation (``"linear"``, ``"density"``, ``"random"``).
+    codec_params : dict
+        Keyword arguments for the codec's ``encode`` (``index_bits``, ``entropy``, ``t``,
+        ``filter``), only those the recipe sets.
+    """
+
+    match: str
+    method: str
+    sparsity: float = 0.0
+    clusters: int = DEFAULT_CLUSTERS
+    init: str = "linear"
+    codec_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def simplifies(self) -> bool:
+        """Whether matched tensors are pruned and clustered (every method but ``raw``)."""
+        return self.method != "raw"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An ordered list of rules and an optional training hook (``"module:function"``).
+
+    Attributes
+    ----------
+    rules : tuple of Rule
+        First match wins.
+    hook : str or None
+        Entry point called as ``hook(model, stage)`` with ``stage`` :data:`PRUNED` or :data:`CLUSTERED`.
+    folder : pathlib.Path or None
+        Where the recipe file lives; searched first when importing the hook.
+    """
+
+    rules: tuple[Rule, ...]
+    hook: str | None = None
+    folder: Path | None = None
+
+    def assign(self, names: Iterable[str]) -> dict[str, Rule]:
+        """The rule of each name that some rule matches (first match wins), in ``names`` order.
+
+        Raises
+        ------
+        EncodeError
+            If a rule matches none of ``names``; lists every such rule and the names.
+
+        Examples
+        --------
+        >>> r = parse_recipe({"rule": [{"match": "fc*", "method": "deep"}]})
+        >>> {name: rule.method for name, rule in r.assign(["fc1.weight", "conv.weight"]).items()}
+        {'fc1.weight': 'deep'}
+        """
+        names = list(names)
+        assigned = {}
+        for name in names:
+            rule = next((r for r in self.rules if fnmatch.fnmatchcase(name, r.match)), None)
+            if rule is not None:
+                assigned[name] = rule
+        unused = [
+            f"rule {i} (match {r.match!r})"
+            for i, r in enumerate(self.rules, 1)
+            if not any(fnmatch.fnmatchcase(n, r.match) for n in names)
+        ]
+        if unused:
+            raise EncodeError(
+                f"recipe {', '.join(unused)} matches no compressible parameter; "
+                f"compressible parameters: {_short_list(names)}"
+            )
+        return assigned
+
+    def to_json(self) -> str:
+        """The rules and hook as compact JSON, stored in the file's metadata."""
+        return json.dumps(
+            {"rule": [_rule_to_dict(r) for r in self.rules], "training": {"hook": self.hook}},
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read a TOML recipe file.
+
+    Raises
+    ------
+    EncodeError
+        If the file is missing or unreadable, is not valid TOML, or breaks a rule of
+        :func:`parse_recipe`; the message starts with the path.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EncodeError(f"recipe {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EncodeError(f"recipe {path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise EncodeError(f"recipe {path}: not valid TOML: {exc}") from None
+    try:
+        return parse_recipe(table, folder=path.resolve().parent)
+    except EncodeError as exc:
+        raise EncodeError(f"recipe {path}: {exc}") from None
+
+
+def parse_recipe(table: Mapping[str, Any], *, folder: Path | None = None) -> Recipe:
+    """Validate a recipe given as a parsed TOML table (or an equivalent dict).
+
+    Parameters
+    ----------
+    table : mapping
+        ``{"rule": [ {...}, ... ], "training": {"hook": "module:function"}}``.
+    folder : pathlib.Path, optional
+        Searched first when the hook is imported.
+
+    Returns
+    -------
+    Recipe
+
+    Raises
+    ------
+    EncodeError
+        Listing every problem at once: unknown keys (with the valid ones), missing keys,
+        values of the wrong type or range, ``t`` too small for ``clusters``.
+
+    Examples
+    --------
+    >>> parse_recipe({"rule": [{"match": "*", "method": "deep", "clusters": 16}]}).rules[0].clusters
+    16
+    >>> parse_recipe({"rule": [{"match": "*", "method": "deep", "t": 8}]})
+    Traceback (most recent call last):
+    ...
+    weightcodec.errors.EncodeError: rule 1: key 't' does not apply to method 'deep'; its keys: ['match', 'method', 'sparsity', 'clusters', 'init', 'index_bits', 'entropy']
+    """
+    if not isinstance(table, Mapping):
+        raise EncodeError(f"a recipe is a table with keys {list(TOP_LEVEL_KEYS)}, got {type(table).__name__}")
+    problems = _unknown_keys("recipe", table, TOP_LEVEL_KEYS)
+    raw_rules = table.get("rule", [])
+    if not isinstance(raw_rules, list) or not raw_rules:
+        problems.append("a recipe needs at least one [[rule]] table")
+        raw_rules = []
+    rules = []
+    for index, raw_rule in enumerate(raw_rules, 1):
+        rule, rule_problems = _parse_rule(index, raw_rule)
+        problems += rule_problems
+        rules.append(rule)
+    hook, hook_problems = _parse_training(table.get("training", {}))
+    problems += hook_problems
+    if problems:
+        raise EncodeError("; ".join(problems))
+    return Recipe(tuple(rules), hook, folder)
+
+
+def as_recipe(recipe: Recipe | Mapping | str | os.PathLike | None) -> Recipe:
+    """Accept a :class:`Recipe`, a dict, a path to a TOML file, or None (the default recipe).
+
+    The default recipe clusters every compressible weight to :data:`DEFAULT_CLUSTERS` values
+    with the deep codec, without pruning.
+    """
+    if recipe is None:
+        return parse_recipe({"rule": [{"match": "*", "method": "deep"}]})
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, Mapping):
+        return parse_recipe(recipe)
+    if isinstance(recipe, (str, os.PathLike)):
+        return load_recipe(recipe)
+    raise EncodeError(f"recipe must be a Recipe, a dict, a TOML path or None, got {type(recipe).__name__}")
+
+
+def recipe_from_options(method: str, **options: Any) -> Recipe:
+    """A one-rule recipe applying ``method`` to every compressible tensor (the CLI's ``encode``).
+
+    Options that are None are left at their defaults; the others are checked as recipe keys.
+
+    Examples
+    --------
+    >>> recipe_from_options("deep", clusters=8, sparsity=None).rules[0].clusters
+    8
+    """
+    rule = {"match": "*", "method": method, **{k: v for k, v in options.items() if v is not None}}
+    return parse_recipe({"rule": [rule]})
+
+
+def _parse_rule(index: int, raw_rule: Any) -> tuple[Rule | None, list[str]]:
+    where = f"rule {index}"
+    if not isinstance(raw_rule, Mapping):
+        return None, [f"{where} must be a table, got {type(raw_rule).__name__}"]
+    method = raw_rule.get("method")
+    if method not in METHODS:
+        return None, [f"{where}: method must be one of {list(METHODS)}, got {method!r}"]
+    valid = ("match", "method") + METHODS[method]
+    problems = [
+        f"{where}: key {key!r} does not apply to method {method!r}; its keys: {list(valid)}"
+        if key in _ALL_RULE_KEYS
+        else f"{where}: unknown key {key!r}; valid keys: {list(valid)}"
+        for key in raw_rule
+        if key not in valid
+    ]
+    problems += [f"{where}: method {method!r} needs key {key!r}" for key in REQUIRED_KEYS[method] if key not in raw_rule]
+    values = {key: raw_rule[key] for key in valid[2:] if key in raw_rule}
+    if "match" in raw_rule:
+        values["match"] = raw_rule["match"]
+    for key, value in values.items():
+        problem = _VALIDATORS[key](value)
+        if problem:
+            problems.append(f"{where}: {key} {problem}, got {value!r}")
+    if problems:
+        return None, problems
+    rule = Rule(
+        match=values["match"],
+        method=method,
+        sparsity=float(values.get("sparsity", 0.0)),
+        clusters=values.get("clusters", DEFAULT_CLUSTERS),
+        init=values.get("init", "linear"),
+        codec_params={key: values[key] for key in CODEC_KEYS[method] if key in values},
+    )
+    return rule, _check_sizes(where, rule)
+
+
+def _check_sizes(where: str, rule: Rule) -> list[str]:
+    """Limits that tie two keys together: K against the deep codebook, t against K."""
+    if rule.method == "deep" and rule.clusters > deep.MAX_CLUSTERS:
+        return [f"{where}: clusters={rule.clusters} is more than the deep codec stores ({deep.MAX_CLUSTERS})"]
+    t = rule.codec_params.get("t")
+    if t is None:
+        return []
+    try:
+        needed = weightless.smallest_t(rule.clusters, 0, 0)
+    except EncodeError as exc:
+        return [f"{where}: clusters={rule.clusters}: {exc}"]
+    if t < needed:
+        return [f"{where}: t={t} is too small for clusters={rule.clusters}: {2**t} cell values, need t >= {needed}"]
+    return []
+
+
+def _parse_training(training: Any) -> tuple[str | None, list[str]]:
+    if not isinstance(training, Mapping):
+        return None, [f"[training] must be a table, got {type(training).__name__}"]
+    problems = _unknown_keys("[training]", training, TRAINING_KEYS)
+    hook = training.get("hook")
+    if hook is not None and not (isinstance(hook, str) and _is_entry_point(hook)):
+        problems.append(f"[training] hook must be 'module:function', got {hook!r}")
+    return hook, problems
+
+
+def _is_entry_point(spec: str) -> bool:
+    module_name, _, function_name = spec.partition(":")
+    return bool(module_name) and bool(function_name) and ":" not in function_name
+
+
+def _unknown_keys(where: str, table: Mapping, valid: tuple[str, ...]) -> list[str]:
+    return [f"{where}: unknown key {key!r}; valid keys: {list(valid)}" for key in table if key not in valid]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_match(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else "must be a non-empty glob string"
+
+
+def _check_sparsity(value: Any) -> str | None:
+    return None if _is_number(value) and 0 <= value < 1 else "must be a number in [0, 1)"
+
+
+def _check_positive_int(value: Any) -> str | None:
+    return None if _is_int(value) and value >= 1 else "must be an integer >= 1"
+
+
+def _check_name(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else "must be a non-empty string"
+
+
+def _check_init(value: Any) -> str | None:
+    return None if value in cluster.INITS else f"must be one of {sorted(cluster.INITS)}"
+
+
+def _check_index_bits(value: Any) -> str | None:
+    return None if value == "auto" or (_is_int(value) and value >= 1) else "must be 'auto' or an integer >= 1"
+
+
+# Each rule key -> a check returning None when the value is fine, else what is wrong.
+_VALIDATORS: dict[str, Callable[[Any], str | None]] = {
+    "match": _check_match,
+    "sparsity": _check_sparsity,
+    "clusters": _check_positive_int,
+    "init": _check_init,
+    "t": _check_positive_int,
+    "index_bits": _check_index_bits,
+    "filter": _check_name,
+    "entropy": _check_name,
+}
+_ALL_RULE_KEYS = frozenset(_VALIDATORS) | {"method"}
+
+
+def _rule_to_dict(rule: Rule) -> dict[str, Any]:
+    as_dict = asdict(rule)
+    params = as_dict.pop("codec_params")
+    if not rule.simplifies:
+        return {"match": rule.match, "method": rule.method}
+    return {**as_dict, **params}
+
+
+def _short_list(names: list[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return f"[{shown}{more}]"
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def load_entry_point(spec: str, *, search: Iterable[Path] = (), what: str = "entry point") -> Callable[..., Any]:
+    """Import the callable named by ``spec`` (``"package.module:function"``).
+
+    Parameters
+    ----------
+    spec : str
+        ``module:function``; the module is imported with :func:`importlib.import_module`.
+    search : iterable of pathlib.Path
+        Folders put first on ``sys.path`` for the import only (removed again afterwards), so that
+        a module beside a recipe or in the working folder needs no installation.
+    what : str
+        What the callable is for, used in error messages ("training hook", "model").
+
+    Raises
+    ------
+    EncodeError
+        If ``spec`` is not ``module:function``, the module cannot be imported or has no such
+        callable.
+    """
+    if not _is_entry_point(spec):
+        raise EncodeError(f"{what} {spec!r}: expected 'module:function'")
+    module_name, _, function_name = spec.partition(":")
+    added = [str(folder) for folder in search if str(folder) not in sys.path]
+    sys.path[:0] = added
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EncodeError(f"{what} {spec!r}: cannot import {module_name!r}: {exc}") from None
+    finally:
+        for folder in added:
+            sys.path.remove(folder)
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise EncodeError(f"{what} {spec!r}: module {module_name!r} has no function {function_name!r}")
+    return function
+
+
+def load_hook(recipe: Recipe) -> Callable[..., Any] | None:
+    """Import the recipe's training hook (searching the recipe's folder first), or None without one."""
+    if recipe.hook is None:
+        return None
+    return load_entry_point(recipe.hook, search=[recipe.folder] if recipe.folder else [], what="training hook")

@@ -1,0 +1,314 @@
+import json
+import struct
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from weightcodec import container
+from weightcodec.cli import main
+from weightcodec.errors import FormatError
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def run(capsys):
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    state = {
+        "fc1.weight": torch.randn(30, 20),
+        "fc1.bias": torch.randn(30),
+        "fc2.weight": torch.randn(4, 30),
+        "clustered": torch.tensor([[0.0, 0.5, 0.5], [-1.0, 0.0, 0.5]]),
+    }
+    path = tmp_path / "model.pt"
+    torch.save(state, path)
+    return path, state
+
+
+def assert_one_line_error(err: str, text: str):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("weightcodec: error: ") and text in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def only_inputs_left(folder: Path, *names: str):
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+
+
+# ----------------------------------------------------------------------------- the commands
+
+
+def test_encode_decode_roundtrip_pt_and_safetensors(run, weights, tmp_path):
+    path, state = weights
+    code, out, err = run("encode", path, "-o", tmp_path / "m.wcz", "--codec", "deep", "--clusters", "8",
+                         "--sparsity", "0.5", "--index-bits", "auto", "--quiet")
+    assert code == 0 and err == ""
+    assert out.startswith(f"wrote {tmp_path / 'm.wcz'}: 4 tensors, 756 values")
+    assert run("decode", tmp_path / "m.wcz", "-o", tmp_path / "back.pt", "-q")[0] == 0
+    assert run("decode", tmp_path / "m.wcz", "-o", tmp_path / "back.safetensors", "-q")[0] == 0
+    back = torch.load(tmp_path / "back.pt", weights_only=True)
+    assert back.keys() == state.keys() and load_file(tmp_path / "back.safetensors").keys() == state.keys()
+    assert torch.equal(back["clustered"], state["clustered"])  # <= K values: stored as is, lossless
+    assert torch.equal(back["fc1.bias"], state["fc1.bias"])  # 1-D: raw
+    assert (back["fc1.weight"] == 0).float().mean() == 0.5 and torch.unique(back["fc1.weight"]).numel() <= 9
+
+
+def test_encode_safetensors_input_with_weightless(run, weights, tmp_path):
+    _, state = weights
+    save_file(state, tmp_path / "m.safetensors")
+    code, out, _ = run("-q", "encode", tmp_path / "m.safetensors", "-o", tmp_path / "w.wcz", "--codec", "weightless",
+                       "-k", "4", "--t", "8", "--sparsity", "0.8", "--filter", "bloomier", "--seed", "7")
+    assert code == 0
+    records = {r.name: r.encoded for r in container.read(tmp_path / "w.wcz").records}
+    assert records["fc1.weight"].codec == "weightless" and records["fc1.weight"].meta["t"] == 8
+    assert records["fc1.bias"].codec == "raw"
+
+
+def test_encode_with_recipe(run, weights, tmp_path):
+    path, _ = weights
+    (tmp_path / "r.toml").write_text('[[rule]]\nmatch = "fc*"\nmethod = "deep"\nclusters = 4\n')
+    assert run("encode", path, "-o", tmp_path / "r.wcz", "--recipe", tmp_path / "r.toml", "-q")[0] == 0
+    codecs = {r.name: r.encoded.codec for r in container.read(tmp_path / "r.wcz").records}
+    assert codecs == {"fc1.weight": "deep", "fc1.bias": "raw", "fc2.weight": "deep", "clustered": "raw"}
+
+
+def test_encode_recipe_and_codec_options_conflict(run, weights, tmp_path):
+    path, _ = weights
+    (tmp_path / "r.toml").write_text('[[rule]]\nmatch = "*"\nmethod = "raw"\n')
+    code, _, err = run("encode", path, "-o", tmp_path / "x.wcz", "--recipe", tmp_path / "r.toml", "--clusters", "4")
+    assert code == 1
+    assert_one_line_error(err, "give either --recipe or --codec with its options, not both (got --recipe and --clusters)")
+    code, _, err = run("encode", path, "-o", tmp_path / "x.wcz")
+    assert_one_line_error(err, "give --codec {raw,deep,weightless} (or --recipe R.toml)")
+
+
+def test_inspect_table_json_and_plot(run, weights, tmp_path):
+    path, _ = weights
+    run("encode", path, "-o", tmp_path / "m.wcz", "--codec", "deep", "-k", "8", "--sparsity", "0.5", "-q")
+    code, table, _ = run("inspect", tmp_path / "m.wcz")
+    assert code == 0
+    lines = table.splitlines()
+    assert "value b" in lines[2] and "index b" in lines[2] and "ratio" in lines[2] and "over %" in lines[2]
+    assert any(line.startswith("fc1.weight") and "deep" in line and "50.0" in line for line in lines)
+    assert any(line.startswith("TOTAL (file)") for line in lines)
+    code, text, _ = run("inspect", tmp_path / "m.wcz", "--json", "--plot", tmp_path / "m.png")
+    summary = json.loads(text)
+    assert code == 0 and summary["totals"]["file_bytes"] == (tmp_path / "m.wcz").stat().st_size
+    assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inspect_weightless_shows_false_positives(run, weights, tmp_path):
+    path, _ = weights
+    run("encode", path, "-o", tmp_path / "w.wcz", "--codec", "weightless", "-k", "4", "--t", "6", "--sparsity", "0.8", "-q")
+    _, table, _ = run("inspect", tmp_path / "w.wcz")
+    assert "expected FP" in table and "measured FP" in table
+
+
+def test_compress_the_example_with_its_training_hook(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("compress", "--recipe", EXAMPLES / "recipe.toml", "tiny_model:build", "-o", "tiny.wcz", "-q")
+    assert code == 0, err
+    assert "tiny.wcz" in out
+    codecs = {r.name: r.encoded.codec for r in container.read(tmp_path / "tiny.wcz").records}
+    assert codecs["embed.weight"] == "deep" and codecs["hidden.weight"] == "weightless" and codecs["head.weight"] == "raw"
+
+
+def test_compress_a_state_dict_file(run, weights, tmp_path):
+    path, _ = weights
+    (tmp_path / "r.toml").write_text('[[rule]]\nmatch = "fc1.*"\nmethod = "deep"\nsparsity = 0.9\nclusters = 8\n')
+    assert run("compress", "--recipe", tmp_path / "r.toml", path, "-o", tmp_path / "c.wcz", "-q")[0] == 0
+
+
+def test_decode_into_onnx(run, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 3))
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    torch.onnx.export(model, (torch.randn(1, 20),), tmp_path / "m.onnx", dynamo=False)
+    run("encode", tmp_path / "m.pt", "-o", tmp_path / "m.wcz", "--codec", "deep", "-k", "4", "--sparsity", "0.9", "-q")
+    code, out, err = run("decode", tmp_path / "m.wcz", "--onnx", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx")
+    assert code == 0, err
+    graph = onnx.load(tmp_path / "out.onnx").graph
+    assert sorted(s.values.name for s in graph.sparse_initializer) == ["0.weight", "2.weight"]
+    code, _, err = run("decode", tmp_path / "m.wcz", "--onnx", tmp_path / "m.onnx", "-o", tmp_path / "out.pt")
+    assert code == 1 and "with --onnx the output must be an .onnx file" in err
+
+
+def test_reproduce_calls_the_pipeline(run, monkeypatch):
+    calls = []
+
+    def reproduce(model, method, *, quick, seed, progress):
+        calls.append((model, method, quick, seed, progress))
+        return {"ratio": 41.5, "test_error": 0.0161, "layers": []}
+
+    fake = types.ModuleType("weightcodec.pipelines.reproduce")
+    fake.reproduce = reproduce
+    monkeypatch.setitem(sys.modules, "weightcodec.pipelines.reproduce", fake)
+    import weightcodec.pipelines
+
+    monkeypatch.setattr(weightcodec.pipelines, "reproduce", fake, raising=False)
+    code, out, _ = run("reproduce", "lenet5", "--method", "weightless", "--quick", "--seed", "3", "-q")
+    assert code == 0 and calls == [("lenet5", "weightless", True, 3, False)]
+    assert out.splitlines() == ["ratio: 41.5", "test_error: 0.0161"]
+
+
+def test_usage_errors_exit_2(run):
+    assert run("encode")[0] == 2
+    assert run("reproduce", "vgg16")[0] == 2
+    assert run("encode", "x.pt", "-o", "y.wcz", "--index-bits", "five")[0] == 2
+    assert run("--help")[0] == 0
+
+
+# ----------------------------------------------------------------------------- bad input: one line, exit 1, nothing written
+
+
+def test_missing_input(run, tmp_path):
+    for args in (["encode", tmp_path / "nope.pt", "-o", tmp_path / "o.wcz", "--codec", "raw"],
+                 ["decode", tmp_path / "nope.wcz", "-o", tmp_path / "o.pt"],
+                 ["inspect", tmp_path / "nope.wcz"]):
+        code, out, err = run(*args)
+        assert code == 1 and out == ""
+        assert_one_line_error(err, "nope.")
+        assert "no such file" in err
+    only_inputs_left(tmp_path)
+
+
+def test_unreadable_input(run, tmp_path):
+    (tmp_path / "folder.wcz").mkdir()
+    code, _, err = run("decode", tmp_path / "folder.wcz", "-o", tmp_path / "o.pt")
+    assert code == 1
+    assert_one_line_error(err, "is a directory, expected a .wcz file")
+
+
+def encoded_file(run, weights, tmp_path) -> bytes:
+    path, _ = weights
+    run("encode", path, "-o", tmp_path / "good.wcz", "--codec", "deep", "-k", "4", "-q")
+    return (tmp_path / "good.wcz").read_bytes()
+
+
+def decode_bad(run, tmp_path, data: bytes):
+    (tmp_path / "bad.wcz").write_bytes(data)
+    code, out, err = run("decode", tmp_path / "bad.wcz", "-o", tmp_path / "out.pt")
+    assert code == 1 and out == ""
+    assert not (tmp_path / "out.pt").exists() and not list(tmp_path.glob(".out.pt*"))
+    return err
+
+
+def test_corrupted_file_any_flipped_byte(run, weights, tmp_path):
+    data = encoded_file(run, weights, tmp_path)
+    for index in range(0, len(data), 7):  # every 7th byte; test_container flips every byte
+        bad = bytearray(data)
+        bad[index] ^= 0x01
+        err = decode_bad(run, tmp_path, bytes(bad))
+        assert_one_line_error(err, "")
+
+
+def test_corrupted_section_names_the_tensor(run, weights, tmp_path):
+    data = bytearray(encoded_file(run, weights, tmp_path))
+    data[-3] ^= 0xFF
+    assert_one_line_error(decode_bad(run, tmp_path, bytes(data)), "checksum mismatch, the file is corrupted")
+
+
+def test_truncated_file(run, weights, tmp_path):
+    data = encoded_file(run, weights, tmp_path)
+    assert_one_line_error(decode_bad(run, tmp_path, data[:-10]), "file is truncated")
+    assert_one_line_error(decode_bad(run, tmp_path, data[:12]), "file is truncated")
+
+
+def test_wrong_magic(run, tmp_path):
+    assert_one_line_error(decode_bad(run, tmp_path, b"PK\x03\x04 this is a zip"), "not a .wcz file (wrong magic bytes)")
+
+
+def test_unsupported_version(run, weights, tmp_path):
+    data = bytearray(encoded_file(run, weights, tmp_path))
+    struct.pack_into("<H", data, 8, 7)
+    err = decode_bad(run, tmp_path, bytes(data))
+    assert_one_line_error(err, "file uses .wcz format 7.0, this weightcodec reads up to 1.x; upgrade weightcodec to read it")
+
+
+def test_nan_weights(run, tmp_path):
+    torch.save({"w": torch.tensor([[1.0, float("nan")], [float("inf"), 2.0]])}, tmp_path / "nan.pt")
+    code, _, err = run("encode", tmp_path / "nan.pt", "-o", tmp_path / "o.wcz", "--codec", "deep", "-k", "1")
+    assert code == 1
+    assert_one_line_error(err, "w holds 1 NaN and 1 infinite values; compress a finite model")
+    only_inputs_left(tmp_path, "nan.pt")
+
+
+def test_k_larger_than_distinct_weights(run, weights, tmp_path):
+    path, _ = weights
+    code, _, err = run("encode", path, "-o", tmp_path / "o.wcz", "--codec", "deep", "-k", "200", "--sparsity", "0.9")
+    assert code == 1
+    assert_one_line_error(err, "fc1.weight: clusters=200 is larger than the 60 distinct non-zero weights left at sparsity 0.9")
+    assert not (tmp_path / "o.wcz").exists()
+
+
+def test_t_too_small_for_k(run, weights, tmp_path):
+    path, _ = weights
+    code, _, err = run("encode", path, "-o", tmp_path / "o.wcz", "--codec", "weightless", "-k", "16", "--t", "3")
+    assert code == 1
+    assert_one_line_error(err, "t=3 is too small for clusters=16: 8 cell values, need t >= 4")
+
+
+def test_tensor_with_zero_elements(run, tmp_path):
+    torch.save({"empty": torch.zeros(0, 8), "w": torch.randn(4, 4)}, tmp_path / "e.pt")
+    code, _, err = run("encode", tmp_path / "e.pt", "-o", tmp_path / "o.wcz", "--codec", "deep")
+    assert code == 1
+    assert_one_line_error(err, "empty has zero elements (shape (0, 8)), nothing to deep-encode")
+    assert run("encode", tmp_path / "e.pt", "-o", tmp_path / "o.wcz", "--codec", "raw", "-q")[0] == 0
+
+
+def test_recipe_naming_no_parameters(run, weights, tmp_path):
+    path, _ = weights
+    (tmp_path / "r.toml").write_text('[[rule]]\nmatch = "conv*"\nmethod = "deep"\n')
+    code, _, err = run("compress", "--recipe", tmp_path / "r.toml", path, "-o", tmp_path / "o.wcz")
+    assert code == 1
+    assert_one_line_error(err, "recipe rule 1 (match 'conv*') matches no compressible parameter")
+
+
+def test_pickled_whole_model(run, tmp_path):
+    torch.save(torch.nn.Linear(3, 2), tmp_path / "whole.pt")
+    code, _, err = run("encode", tmp_path / "whole.pt", "-o", tmp_path / "o.wcz", "--codec", "deep")
+    assert code == 1
+    assert_one_line_error(err, "cannot load as a state_dict with weights_only=True")
+    assert "torch.save(model.state_dict(), path)" in err
+    only_inputs_left(tmp_path, "whole.pt")
+
+
+def test_unwritable_output(run, weights, tmp_path):
+    path, _ = weights
+    code, _, err = run("encode", path, "-o", tmp_path / "no" / "dir" / "o.wcz", "--codec", "raw")
+    assert code == 1
+    assert_one_line_error(err, f"o.wcz: cannot write: folder {tmp_path / 'no' / 'dir'} does not exist")
+
+
+def test_debug_shows_the_traceback(weights, tmp_path):
+    with pytest.raises(FormatError):
+        (tmp_path / "bad.wcz").write_bytes(b"nonsense")
+        main(["--debug", "decode", str(tmp_path / "bad.wcz"), "-o", str(tmp_path / "o.pt")])
+
+
+def test_internal_errors_say_so(run, monkeypatch, weights, tmp_path):
+    import weightcodec.api
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(weightcodec.api, "compress", broken)
+    code, _, err = run("encode", weights[0], "-o", tmp_path / "o.wcz", "--codec", "raw")
+    assert code == 3
+    assert_one_line_error(err, "internal error (ZeroDivisionError: oops); rerun with --debug and report it")
