@@ -159,3 +159,22 @@ def test_payload_bit_flips_are_detected_or_harmless(stream):
         except CorruptFileError:
             caught += 1
     assert caught > 0
+
+
+# --- through the deep codec ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,density", [((300, 784), 0.08), ((1, 1), 1.0), ((7, 9), 0.0), ((20, 30), 0.3)])
+def test_deep_codec_roundtrip_with_ans(shape, density):
+    from weightcodec.codecs import deep
+
+    rng = np.random.default_rng(0)
+    codebook = np.linspace(-1, 1, 32, dtype=np.float32)
+    array = np.zeros(shape, np.float32)
+    mask = rng.random(shape) < density
+    array[mask] = codebook[rng.integers(0, 32, int(mask.sum()))]
+    encoded = deep.encode(array, entropy="ans")
+    assert encoded.meta["entropy"] == "ans"
+    np.testing.assert_array_equal(deep.decode(encoded.meta, encoded.sections, shape), array)
+    if mask.sum() > 1000:
+        assert encoded.nbytes <= deep.encode(array, entropy="huffman").nbytes

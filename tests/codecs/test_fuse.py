@@ -143,3 +143,17 @@ def test_decode_layer_lut_size_is_checked():
     table = fuse_build(np.array([1]), np.array([0]), t=8)
     with pytest.raises(CorruptFileError, match="lut has 16 entries; t=8 needs 256"):
         fuse_decode_layer(table, np.zeros(16, np.float32), 3)
+
+
+@pytest.mark.parametrize("shape,density", [((300, 784), 0.08), ((1, 1), 1.0), ((7, 9), 0.0)])
+def test_weightless_codec_roundtrip_with_fuse(shape, density):
+    from weightcodec.codecs import weightless
+
+    rng = np.random.default_rng(1)
+    codebook = np.linspace(-1, 1, 16, dtype=np.float32)
+    array = np.zeros(shape, np.float32)
+    mask = rng.random(shape) < density
+    array[mask] = codebook[rng.integers(0, 16, int(mask.sum()))]
+    encoded = weightless.encode(array, t=6, seed=2, filter="fuse")
+    decoded = weightless.decode(encoded.meta, encoded.sections, shape)
+    np.testing.assert_array_equal(decoded[mask], array[mask])

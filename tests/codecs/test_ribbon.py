@@ -253,3 +253,25 @@ def test_random_bytes_never_crash(data):
         ribbon_query(data, {}, np.arange(5))
     except CorruptFileError:
         pass
+
+
+# --- through the weightless codec ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,density", [((300, 784), 0.08), ((1, 1), 1.0), ((7, 9), 0.0), ((50, 20), 0.5)])
+def test_weightless_codec_roundtrip_with_ribbon(shape, density):
+    from weightcodec.codecs import weightless
+
+    rng = np.random.default_rng(0)
+    codebook = np.linspace(-1, 1, 32, dtype=np.float32)
+    array = np.zeros(shape, np.float32)
+    mask = rng.random(shape) < density
+    array[mask] = codebook[rng.integers(0, 32, int(mask.sum()))]
+    encoded = weightless.encode(array, t=8, seed=2, filter="ribbon")
+    assert encoded.meta["filter"] == "ribbon"
+    decoded = weightless.decode(encoded.meta, encoded.sections, shape)
+    np.testing.assert_array_equal(decoded[mask], array[mask])
+    if mask.sum() > 1000:
+        assert 8 * len(encoded.sections["table"]) / mask.sum() <= 1.05 * 8
+    with pytest.raises(CorruptFileError, match="seed"):
+        weightless.decode({**encoded.meta, "seed": 3}, encoded.sections, shape)

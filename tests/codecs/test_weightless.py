@@ -135,7 +135,7 @@ def test_encode_errors_say_what_to_do():
         encode(np.array([0, np.nan, np.inf], np.float32), t=4)
     with pytest.raises(EncodeError, match=r"t must be an int in 1\.\.16 \(bits per cell\), got 17"):
         encode(np.ones(3, np.float32), t=17)
-    with pytest.raises(EncodeError, match=r"unknown filter 'xor'; this weightcodec knows \['bloomier'\]"):
+    with pytest.raises(EncodeError, match=r"unknown filter 'xor'; this weightcodec knows \['bloomier', 'fuse', 'ribbon'\]"):
         encode(np.ones(3, np.float32), t=4, filter="xor")
     with pytest.raises(EncodeError, match=r"seed=-1"):
         encode(np.ones(3, np.float32), t=4, seed=-1)

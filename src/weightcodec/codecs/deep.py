@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import CorruptFileError, EncodeError, FormatError
 from .base import Encoded
+from .ans import ans_decode, ans_encode
 from .huffman import entropy_bits, huffman_decode, huffman_encode
 from .sparse_index import MAX_INDEX_BITS, gaps_with_fillers, positions_from_gaps
 
@@ -71,6 +72,7 @@ class EntropyCoder(NamedTuple):
 
 ENTROPY_CODERS: dict[str, EntropyCoder] = {
     "huffman": EntropyCoder(huffman_encode, huffman_decode),
+    "ans": EntropyCoder(ans_encode, ans_decode),  # rANS with a static per-stream model, docs/codecs/ans.md
 }
 
 

@@ -27,7 +27,9 @@ import numpy as np
 from ..errors import CorruptFileError, EncodeError, FormatError
 from .base import Encoded
 from .bloomier import DEFAULT_RATIO, BloomierTable, bloomier_build, bloomier_decode_layer, pack_cells, unpack_cells
+from .fuse import fuse_filter_build, fuse_filter_decode
 from .hashing import K_HASHES, MAX_SEGMENT, MAX_T
+from .ribbon import ribbon_filter_build, ribbon_filter_decode
 
 __all__ = [
     "NAME",
@@ -82,6 +84,8 @@ def _bloomier_decode(meta: Mapping, table: bytes, lut: np.ndarray, size: int) ->
 
 FILTERS: dict[str, Filter] = {
     "bloomier": Filter(_bloomier_build, _bloomier_decode),
+    "fuse": Filter(fuse_filter_build, fuse_filter_decode),  # binary fuse layout, docs/codecs/fuse.md
+    "ribbon": Filter(ribbon_filter_build, ribbon_filter_decode),  # bumped ribbon, docs/codecs/ribbon.md
 }
 
 
