@@ -29,22 +29,23 @@ bit for bit; the bytes are those of constriction 0.x and tests pin a golden stre
                                        model    q / sum(q)
     ANS  : encode ranks in reverse into a stack of 32-bit words; decoding pops them in order
 
-Stream layout (varints are unsigned LEB128, 7 bits a byte, low group first; the symbol count
-``n`` is stored by the caller)::
+Stream layout (the symbol count ``n`` is stored by the caller; varints are unsigned LEB128,
+7 bits a byte, low group first; ``gamma(x)`` is the Elias gamma code of ``x >= 1``: ``L - 1``
+zero bits, then the ``L`` bits of ``x``, most significant first, ``L`` its bit length)::
 
     n == 0:                  nothing, 0 bytes
     one distinct symbol:     varint 5, varint symbol                      (0 bits per symbol)
-    otherwise:               varint 4*D + a            D distinct symbols, 2 <= D <= n, and
-                                                       how the sorted alphabet s_0 < s_1 < ... is
-                                                       stored (the cheapest way):
-                             varint s_0, then  a = 0:  D-1 varints s_i - s_(i-1) - 1
-                                               a = 1:  nothing (contiguous: s_i = s_0 + i)
-                                               a = 2:  varint S = s_(D-1) - s_0 + 1, then
-                                                       ceil(S / 8) bytes, bit i (LSB first) set
-                                                       iff s_0 + i is a symbol
-                             D varints q_i >= 1                           quantized counts
+    otherwise:               varint 4*D + a            D distinct symbols, 2 <= D <= n
+                             varint s_0                the smallest symbol
+                             model bits, MSB first in each byte, zero-padded to a whole byte:
+                               if a = 0: D-1 x gamma(s_i - s_(i-1))   the rest of the sorted
+                               if a = 1: nothing (contiguous alphabet: s_i = s_0 + i)
+                               D x gamma(q_i)                         quantized counts, q_i >= 1
                              payload: 4 * W bytes, the coder's W little-endian uint32 words
                                       (W >= 1; the last word is never zero)
+
+Gamma codes make the model cheap where it matters: a gap stream's alphabet is long but nearly
+contiguous (1 bit per symbol) and its tail counts are small (a few bits each).
 
 A reader checks every count against the bytes left before allocating, decodes exactly ``n``
 symbols and then requires the coder to be back in its initial state: a stream that was cut,
@@ -59,8 +60,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import constriction
+import numpy as np
+from bitarray import bitarray
+from bitarray.util import ba2int
 
 from ..errors import CorruptFileError, EncodeError
 
@@ -79,7 +82,10 @@ MIN_PRECISION_BITS = 4
 MAX_VARINT_BYTES = 5
 WORD_BYTES = 4  # constriction's AnsCoder emits uint32 words
 # How the alphabet is stored (low 2 bits of the first header varint).
-_DELTAS, _CONTIGUOUS, _BITMAP = 0, 1, 2
+_DELTAS, _CONTIGUOUS = 0, 1
+# Longest gamma code a reader accepts: values below 2**33 (symbol deltas below 2**32, counts
+# below 2**24); a longer run of zero bits is corruption.
+MAX_GAMMA_BITS = 33
 
 
 def ans_encode(symbols: np.ndarray) -> bytes:
@@ -158,26 +164,13 @@ def ans_decode(data: bytes, count: int) -> np.ndarray:
         if data:
             raise CorruptFileError(f"ANS stream of 0 symbols holds {len(data)} bytes; expected none")
         return np.zeros(0, dtype=np.int64)
-    word, offset = _read_varint(data, 0)
-    distinct, mode = word >> 2, word & 3
-    if not 1 <= distinct <= count or mode > _BITMAP or (distinct == 1 and mode != _CONTIGUOUS):
-        raise CorruptFileError(
-            f"ANS stream of {count} symbols claims {distinct} distinct symbols (alphabet mode {mode}); "
-            f"expected 1 to {count} (mode 0 to {_BITMAP})"
-        )
-    alphabet, offset = _read_alphabet(data, offset, distinct, mode)
+    distinct, mode, alphabet, quantized, offset = _read_header(data, count)
     if distinct == 1:
         if offset != len(data):
             raise CorruptFileError(
                 f"ANS stream of one distinct symbol has {len(data) - offset} trailing bytes; expected none"
             )
         return np.full(count, alphabet[0], dtype=np.int64)
-    quantized, offset = _read_varints(data, offset, distinct)
-    quantized = np.asarray(quantized, dtype=np.int64)
-    if (quantized < 1).any() or (quantized >= 1 << MODEL_PRECISION_BITS).any():
-        raise CorruptFileError(
-            f"ANS model holds counts outside [1, 2**{MODEL_PRECISION_BITS}): {quantized[(quantized < 1) | (quantized >= 1 << MODEL_PRECISION_BITS)][:5].tolist()}"
-        )
     payload = len(data) - offset
     if payload <= 0 or payload % WORD_BYTES:
         raise CorruptFileError(
@@ -201,7 +194,7 @@ def quantize_counts(counts: np.ndarray) -> np.ndarray:
     """The model stored in the header: counts rescaled to the precision that costs fewest bits.
 
     For each precision ``P`` (sum of the result about ``2**P``, from :data:`MIN_PRECISION_BITS`
-    up to where the exact counts are cheaper), the cost is the header varints plus the
+    up to where the exact counts are cheaper), the cost is the header's gamma codes plus the
     cross-entropy ``sum_i c_i * log2(Q / q_i)`` of the stream under the quantized model; the
     cheapest wins (ties: the finer model). The exact counts are a candidate too, if below
     ``2**24``.
@@ -234,7 +227,7 @@ def quantize_counts(counts: np.ndarray) -> np.ndarray:
     for q in candidates:
         # reduce by the gcd so equivalent models cost the same header and compare fairly
         q = q // np.gcd.reduce(q)
-        cost = 8 * _varint_bytes(q) + float(np.sum(counts * np.log2(q.sum() / q)))
+        cost = _gamma_bits(q) + float(np.sum(counts * np.log2(q.sum() / q)))
         if cost < best_cost - 1e-9 or (abs(cost - best_cost) <= 1e-9 and q.sum() > best.sum()):
             best, best_cost = q, cost
     return best
@@ -248,17 +241,11 @@ def ans_header_bytes(data: bytes, count: int) -> int:
     Examples
     --------
     >>> ans_header_bytes(ans_encode(np.array([0, 1, 1, 1])), 4)
-    4
+    3
     """
     if count == 0 or not data:
         return 0
-    word, offset = _read_varint(data, 0)
-    distinct = word >> 2
-    _, offset = _read_alphabet(data, offset, distinct, word & 3)
-    if distinct == 1:
-        return offset
-    _, offset = _read_varints(data, offset, distinct)
-    return offset
+    return _read_header(data, count)[4]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,22 +274,72 @@ def _check_symbols(symbols) -> np.ndarray:
 
 
 def _header(alphabet: np.ndarray, quantized: np.ndarray) -> bytes:
-    deltas = np.diff(alphabet) - 1
-    first = int(alphabet[0])
-    if not deltas.any():  # contiguous alphabet (the usual case for cluster codes): s_0 alone
-        return _varints([4 * alphabet.size + _CONTIGUOUS, first, *quantized.tolist()])
-    span = int(alphabet[-1]) - first + 1
-    if span // 8 + 4 < _varint_bytes(deltas):  # dense but gappy (gap streams): a bitmap
-        bits = np.zeros(span, dtype=np.uint8)
-        bits[alphabet - first] = 1
-        bitmap = np.packbits(bits, bitorder="little").tobytes()
-        return _varints([4 * alphabet.size + _BITMAP, first, span]) + bitmap + _varints(quantized.tolist())
-    return _varints([4 * alphabet.size + _DELTAS, first, *deltas.tolist(), *quantized.tolist()])
+    deltas = np.diff(alphabet)
+    mode = _CONTIGUOUS if (deltas == 1).all() else _DELTAS
+    coded = quantized if mode == _CONTIGUOUS else np.concatenate([deltas, quantized])
+    return _varints([4 * alphabet.size + mode, int(alphabet[0])]) + _gamma_encode(coded)
 
 
-def _varint_bytes(values: np.ndarray) -> int:
-    values = np.asarray(values, dtype=np.int64)
-    return int(np.sum(1 + (values >= 1 << 7) + (values >= 1 << 14) + (values >= 1 << 21) + (values >= 1 << 28)))
+def _gamma_bits(values: np.ndarray) -> int:
+    """Bits of the Elias gamma codes of ``values`` (each >= 1)."""
+    lengths = np.floor(np.log2(np.asarray(values, dtype=np.float64))).astype(np.int64) + 1
+    return int(np.sum(2 * lengths - 1))
+
+
+def _gamma_encode(values: np.ndarray) -> bytes:
+    """Elias gamma codes of ``values`` (each >= 1), MSB first, zero-padded to a byte."""
+    bits = bitarray("".join("0" * (int(v).bit_length() - 1) + format(int(v), "b") for v in values))
+    return bits.tobytes()
+
+
+def _read_gammas(data: bytes, offset: int, n: int) -> tuple[np.ndarray, int]:
+    """``n`` gamma codes from byte ``offset``; returns them and the byte after the padding."""
+    if n > 8 * (len(data) - offset):  # each code takes at least one bit: refuse before looping
+        raise CorruptFileError(f"ANS model needs {n} more codes but only {len(data) - offset} bytes remain")
+    bits = bitarray()
+    bits.frombytes(data[offset:])
+    values = np.empty(n, dtype=np.int64)
+    pos = 0
+    for i in range(n):
+        try:
+            one = bits.index(1, pos, min(len(bits), pos + MAX_GAMMA_BITS))
+        except ValueError:
+            raise CorruptFileError(f"ANS model is truncated or damaged at code {i} of {n}") from None
+        length = one - pos + 1
+        if one + length > len(bits):
+            raise CorruptFileError(f"ANS model is truncated at code {i} of {n}")
+        values[i] = ba2int(bits[one : one + length])
+        pos = one + length
+    if bits[pos : -(-pos // 8) * 8].any():
+        raise CorruptFileError("ANS model has non-zero padding bits")
+    return values, offset + -(-pos // 8)
+
+
+def _read_header(data: bytes, count: int):
+    """(distinct, mode, alphabet, quantized counts or None, payload offset), all checked."""
+    word, offset = _read_varint(data, 0)
+    distinct, mode = word >> 2, word & 3
+    if not 1 <= distinct <= count or mode > _CONTIGUOUS or (distinct == 1 and mode != _CONTIGUOUS):
+        raise CorruptFileError(
+            f"ANS stream of {count} symbols claims {distinct} distinct symbols (alphabet mode {mode}); "
+            f"expected 1 to {count} (mode 0 or 1, 1 for a single symbol)"
+        )
+    first, offset = _read_varint(data, offset)
+    if distinct == 1:
+        alphabet = np.array([first], dtype=np.int64)
+        quantized = None
+    else:
+        coded, offset = _read_gammas(data, offset, distinct if mode == _CONTIGUOUS else 2 * distinct - 1)
+        steps = np.ones(distinct - 1, dtype=np.int64) if mode == _CONTIGUOUS else coded[: distinct - 1]
+        alphabet = first + np.r_[0, np.cumsum(steps)].astype(np.int64)
+        quantized = coded[-distinct:]
+        if (quantized >= 1 << MODEL_PRECISION_BITS).any():
+            raise CorruptFileError(
+                f"ANS model holds counts of 2**{MODEL_PRECISION_BITS} or more: {quantized[quantized >= 1 << MODEL_PRECISION_BITS][:5].tolist()}"
+            )
+    if alphabet[-1] >= SYMBOL_LIMIT:
+        raise CorruptFileError(f"ANS alphabet reaches symbol {int(alphabet[-1])}; expected symbols below {SYMBOL_LIMIT}")
+    return distinct, mode, alphabet, quantized, offset
 
 
 def _varints(values: list[int]) -> bytes:
@@ -325,41 +362,3 @@ def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
         if byte < 0x80:
             return value, offset + i + 1
     raise CorruptFileError(f"ANS header holds a varint longer than {MAX_VARINT_BYTES} bytes at byte {offset}")
-
-
-def _read_varints(data: bytes, offset: int, n: int) -> tuple[list[int], int]:
-    if n > len(data) - offset:  # each varint takes at least one byte: refuse before looping
-        raise CorruptFileError(f"ANS header needs {n} more varints but only {len(data) - offset} bytes remain")
-    values = []
-    for _ in range(n):
-        value, offset = _read_varint(data, offset)
-        values.append(value)
-    return values, offset
-
-
-def _read_alphabet(data: bytes, offset: int, distinct: int, mode: int) -> tuple[np.ndarray, int]:
-    first, offset = _read_varint(data, offset)
-    if mode == _CONTIGUOUS:
-        alphabet = first + np.arange(distinct, dtype=np.int64)
-    elif mode == _BITMAP:
-        span, offset = _read_varint(data, offset)
-        size = -(-span // 8)
-        if span < distinct or size > len(data) - offset:
-            raise CorruptFileError(
-                f"ANS alphabet bitmap spans {span} symbols in {size} bytes for {distinct} symbols; "
-                f"{len(data) - offset} bytes remain"
-            )
-        bits = np.unpackbits(np.frombuffer(data, np.uint8, size, offset), bitorder="little")
-        offset += size
-        present = np.flatnonzero(bits)
-        if present.size != distinct or bits[span:].any() or present[0] != 0 or present[-1] != span - 1:
-            raise CorruptFileError(
-                f"ANS alphabet bitmap has {present.size} bits set within {span}; expected {distinct}, first and last set"
-            )
-        alphabet = first + present.astype(np.int64)
-    else:
-        values, offset = _read_varints(data, offset, distinct - 1)
-        alphabet = first + np.r_[0, np.cumsum(np.asarray(values, dtype=np.int64) + 1)].astype(np.int64)
-    if alphabet[-1] >= SYMBOL_LIMIT:
-        raise CorruptFileError(f"ANS alphabet reaches symbol {int(alphabet[-1])}; expected symbols below {SYMBOL_LIMIT}")
-    return alphabet, offset
