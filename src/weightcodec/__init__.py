@@ -1,8 +1,10 @@
 """weightcodec: shrink trained PyTorch models into one real, small file, and restore them.
 
->>> import weightcodec                                                  # doctest: +SKIP
->>> weightcodec.compress(model, "recipe.toml", "model.wcz")             # prune, cluster, encode
->>> weightcodec.load_into(model, "model.wcz")                           # and back
+::
+
+    import weightcodec
+    weightcodec.compress(model, "recipe.toml", "model.wcz")   # prune, cluster, encode, write
+    weightcodec.load_into(model, "model.wcz")                 # and back
 """
 
 # Set before the submodules are imported: the files they write record it as their producer.

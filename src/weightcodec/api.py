@@ -2,11 +2,10 @@
 
 In the spirit of :mod:`torch.nn.utils.prune` and :mod:`safetensors.torch`::
 
-    >>> import torch, weightcodec                                      # doctest: +SKIP
-    >>> model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-    >>> data = weightcodec.compress(model, {"rule": [{"match": "*", "method": "deep", "clusters": 16}]},
-    ...                             "model.wcz")
-    >>> weightcodec.load_into(model, "model.wcz")
+    import torch, weightcodec
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    data = weightcodec.compress(model, {"rule": [{"match": "*", "method": "deep", "clusters": 16}]}, "model.wcz")
+    weightcodec.load_into(model, "model.wcz")
 
 What happens to each tensor (see :mod:`weightcodec.recipe` for the rules):
 

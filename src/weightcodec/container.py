@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .codecs import Encoded, get_codec
+from .codecs import Encoded, get_codec, raw
 from .errors import CorruptFileError, FormatError, WeightcodecError
 
 __all__ = [
@@ -47,6 +47,7 @@ MAX_HEADER_BYTES = 64 * 1024 * 1024
 MAX_TENSORS = 1_000_000
 MAX_DIMS = 8
 MAX_ELEMENTS = 2**40
+DECODED_ITEMSIZE = 4  # codecs other than raw decode to float32
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 
@@ -78,10 +79,15 @@ class WczFile:
         """Decode one tensor to a NumPy array (raw dtype for ``raw``, float32 otherwise)."""
         record = self.record(name)
         codec = get_codec(record.encoded.codec)
+        _check_decoded_size(record)
         try:
             array = codec.decode(record.encoded.meta, record.encoded.sections, record.shape)
         except WeightcodecError:
             raise
+        except MemoryError:
+            raise WeightcodecError(
+                f"tensor {name!r} of shape {list(record.shape)} does not fit in the memory available to decode it"
+            ) from None
         except (KeyError, ValueError, TypeError, IndexError, OverflowError) as exc:
             raise CorruptFileError(f"tensor {name!r}: cannot decode {record.encoded.codec} data: {exc}") from exc
         if tuple(array.shape) != record.shape:
@@ -98,6 +104,32 @@ class WczFile:
     def arrays(self) -> dict[str, np.ndarray]:
         """Decode every tensor, in file order."""
         return {rec.name: self.decode(rec.name) for rec in self.records}
+
+
+def _check_decoded_size(record: TensorRecord) -> None:
+    """Refuse a tensor whose decoded values would not fit in this machine's memory.
+
+    A sparse codec can describe a huge tensor in a few bytes (an all-zero layer of 2^40
+    elements is a valid file), so the decoded size is bounded here, before the codec allocates
+    or loops over it. A raw tensor's bytes are in the file already and need no bound.
+    """
+    if record.encoded.codec == raw.NAME:
+        return
+    needed = math.prod(record.shape) * DECODED_ITEMSIZE
+    available = _physical_memory()
+    if available is not None and needed > available:
+        raise WeightcodecError(
+            f"tensor {record.name!r} of shape {list(record.shape)} decodes to {needed} bytes, "
+            f"more than this machine's {available} bytes of memory"
+        )
+
+
+def _physical_memory() -> int | None:
+    """Bytes of physical memory, or None where the platform does not say (then MemoryError decides)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 # ----------------------------------------------------------------------------- writing

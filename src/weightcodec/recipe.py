@@ -44,7 +44,7 @@ import math
 import os
 import sys
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -131,11 +131,15 @@ class Recipe:
         Entry point called as ``hook(model, stage)`` with ``stage`` :data:`PRUNED` or :data:`CLUSTERED`.
     folder : pathlib.Path or None
         Where the recipe file lives; searched first when importing the hook.
+    require_matches : bool
+        Whether a rule that matches no parameter is an error (it is, except in the default
+        recipe, which also applies to models with nothing to compress).
     """
 
     rules: tuple[Rule, ...]
     hook: str | None = None
     folder: Path | None = None
+    require_matches: bool = True
 
     def assign(self, names: Iterable[str]) -> dict[str, Rule]:
         """The rule of each name that some rule matches (first match wins), in ``names`` order.
@@ -162,7 +166,7 @@ class Recipe:
             for i, r in enumerate(self.rules, 1)
             if not any(fnmatch.fnmatchcase(n, r.match) for n in names)
         ]
-        if unused:
+        if unused and self.require_matches:
             raise EncodeError(
                 f"recipe {', '.join(unused)} matches no compressible parameter; "
                 f"compressible parameters: {_short_list(names)}"
@@ -259,10 +263,11 @@ def as_recipe(recipe: Recipe | Mapping | str | os.PathLike | None) -> Recipe:
     """Accept a :class:`Recipe`, a dict, a path to a TOML file, or None (the default recipe).
 
     The default recipe clusters every compressible weight to :data:`DEFAULT_CLUSTERS` values
-    with the deep codec, without pruning.
+    with the deep codec, without pruning; unlike a written recipe, it accepts a model with no
+    compressible weight (everything is then stored raw).
     """
     if recipe is None:
-        return parse_recipe({"rule": [{"match": "*", "method": "deep"}]})
+        return replace(parse_recipe({"rule": [{"match": "*", "method": "deep"}]}), require_matches=False)
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, Mapping):

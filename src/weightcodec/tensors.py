@@ -67,7 +67,8 @@ def numpy_to_tensor(array: np.ndarray, dtype: str) -> torch.Tensor:
     target = TORCH_DTYPES[dtype]
     if dtype == "bfloat16" and array.dtype == np.uint16:
         return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(array)).to(target)
+    # reshape: np.ascontiguousarray turns a 0-d array (a scalar tensor) into shape (1,)
+    return torch.from_numpy(np.ascontiguousarray(array).reshape(array.shape)).to(target)
 
 
 def encode_tensor(name: str, tensor: torch.Tensor, codec: str = "raw", **params) -> container.TensorRecord:
