@@ -307,9 +307,7 @@ def _parse_rule(index: int, raw_rule: Any) -> tuple[Rule | None, list[str]]:
         if key not in valid
     ]
     problems += [f"{where}: method {method!r} needs key {key!r}" for key in REQUIRED_KEYS[method] if key not in raw_rule]
-    values = {key: raw_rule[key] for key in valid[2:] if key in raw_rule}
-    if "match" in raw_rule:
-        values["match"] = raw_rule["match"]
+    values = {key: raw_rule[key] for key in valid if key in raw_rule and key != "method"}
     for key, value in values.items():
         problem = _VALIDATORS[key](value)
         if problem:
