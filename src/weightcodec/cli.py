@@ -25,14 +25,17 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__, api, container, report, tensors
+from .codecs import deep, weightless
 from .errors import WeightcodecError
+from .pipelines.models import MODELS
+from .pipelines.reproduce import METHODS as REPRODUCE_METHODS
+from .pipelines.reproduce import reproduce
 from .recipe import METHODS, load_recipe, recipe_from_options
+from .simplify import cluster
 
 __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-MODELS = ("lenet300", "lenet5")
-REPRODUCE_METHODS = ("deep", "weightless")
 # encode's codec options, as (flag, recipe key); a flag left out keeps the recipe default
 CODEC_OPTIONS = (("clusters", "clusters"), ("sparsity", "sparsity"), ("t", "t"), ("init", "init"),
                  ("filter", "filter"), ("entropy", "entropy"), ("index_bits", "index_bits"))
@@ -112,11 +115,11 @@ def _add_encode(commands, common) -> None:
     p.add_argument("--codec", choices=list(METHODS), help="codec for the tensors with >= 2 dims")
     p.add_argument("--clusters", "-k", type=int, help="K shared values per tensor (default 32)")
     p.add_argument("--sparsity", type=float, help="fraction of weights pruned by magnitude, in [0, 1) (default 0)")
-    p.add_argument("--t", type=int, help="weightless: bits per Bloomier cell (required)")
-    p.add_argument("--filter", help="weightless: retrieval filter (bloomier, ribbon)")
-    p.add_argument("--entropy", help="deep: entropy coder of both streams (huffman, ans)")
+    p.add_argument("--t", type=int, help="weightless: bits per filter cell (required); zeros decode non-zero with probability K / 2**t")
+    p.add_argument("--filter", help=f"weightless: retrieval filter, one of {', '.join(sorted(weightless.FILTERS))}")
+    p.add_argument("--entropy", help=f"deep: entropy coder of both streams, one of {', '.join(sorted(deep.ENTROPY_CODERS))}")
     p.add_argument("--index-bits", type=_index_bits, help="deep: gap field width in bits, or 'auto'")
-    p.add_argument("--init", help="k-means initialisation (linear, density, random)")
+    p.add_argument("--init", help=f"k-means initialisation, one of {', '.join(sorted(cluster.INITS))} (default linear)")
     p.add_argument("--recipe", type=Path, help="a TOML recipe instead of the codec options")
     p.add_argument("--seed", type=int, default=0, help="seed of random choices (default 0)")
     p.set_defaults(run=_run_encode)
@@ -155,10 +158,11 @@ def _add_compress(commands, common) -> None:
 
 def _add_reproduce(commands, common) -> None:
     p = commands.add_parser("reproduce", parents=[common], help="run a paper's pipeline on LeNet and MNIST")
-    p.add_argument("model", choices=MODELS)
-    p.add_argument("--method", choices=REPRODUCE_METHODS, default="deep")
-    p.add_argument("--quick", action="store_true", help="a short smoke run (minutes)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("model", choices=sorted(MODELS))
+    p.add_argument("--method", choices=sorted(REPRODUCE_METHODS), default="deep")
+    p.add_argument("--quick", action="store_true", help="a short smoke run (under two minutes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and k-means (default 0)")
+    p.add_argument("--data", type=Path, help="your MNIST (IDX folder or .npz) instead of the packaged copy")
     p.set_defaults(run=_run_reproduce)
 
 
@@ -224,9 +228,7 @@ def _run_inspect(args: argparse.Namespace) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> None:
-    from .pipelines.reproduce import reproduce
-
-    result = reproduce(args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet)
+    result = reproduce(args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data)
     _say(_format_result(result))
 
 
