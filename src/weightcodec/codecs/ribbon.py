@@ -122,6 +122,7 @@ LAST_EPS = (0.05, 0.05, 0.1, 0.1, 0.2, 0.2, 0.4, 0.4, 0.8, 0.8, 1.6, 1.6, 3.2, 3
 MAX_TRIES = len(LAST_EPS)  # tries of the last layer, each with a new seed, before EncodeError
 FORMAT_VERSION = 1
 _CHUNK = 1 << 16  # positions per parallel work item of the layer decoder
+_WORD_PAD = 32  # zero words after the last layer, so no read of a window can leave the array
 MAX_KEY = 1 << 62  # positions are int64 >= 0; 2**62 leaves room for the dense-layer limit 2**40
 
 _HEADER = struct.Struct("<BBBBHBB Q")  # version, t, w, meta_bits, bucket, n_layers, n_levels, seed
@@ -317,7 +318,11 @@ def _back_substitute(C, R, t):
 
 @numba.njit(cache=True, inline="always")
 def _read_value(words, base, t, start, coeff):
-    """The t-bit left-hand side at ``start`` for coefficient row ``coeff``; layer words from ``base``."""
+    """The t-bit left-hand side at ``start`` for coefficient row ``coeff``; layer words from ``base``.
+
+    Column j of the 64-row window is ``words[first + j] >> sh`` joined with the next block's word
+    ``<< (64 - sh)``; its parity under ``coeff`` is bit j.
+    """
     sh = np.uint64(start & 63)
     first = base + (start >> 6) * t
     v = np.uint64(0)
@@ -333,21 +338,27 @@ def _read_value(words, base, t, start, coeff):
 
 
 @numba.njit(cache=True, inline="always")
-def _lookup(p, t, tmask, keys, rows, code_offsets, codes, word_offsets, words, bucket_shift, meta_bits, levels):
-    """The t-bit value of position ``p`` (uint64): the first layer that did not bump it answers."""
+def _bumped(st, layer, n_layers, code_offsets, codes, bucket_shift, meta_bits, levels):
+    """Whether start row ``st`` of ``layer`` lies below its bucket's threshold (the last layer never bumps)."""
+    if layer == n_layers - 1:
+        return False
+    bit = (st >> bucket_shift) * meta_bits
+    code = (np.int64(codes[code_offsets[layer] + (bit >> 3)]) >> (bit & 7)) & ((1 << meta_bits) - 1)
+    return (st & ((1 << bucket_shift) - 1)) < levels[code]
+
+
+@numba.njit(cache=True, inline="always")
+def _lookup(p, first, t, tmask, keys, rows, code_offsets, codes, word_offsets, words, bucket_shift, meta_bits, levels):
+    """The t-bit value of position ``p`` (uint64), from layer ``first`` on: the first layer that
+    does not bump it answers."""
     n_layers = keys.size
-    code_mask = (1 << meta_bits) - 1
-    offset_mask = (1 << bucket_shift) - 1
-    for layer in range(n_layers):
+    for layer in range(first, n_layers):
         start, coeff, mask = _hash(p, keys[layer], np.uint64(rows[layer] - 63), tmask)
         st = np.int64(start)
-        if layer < n_layers - 1:
-            bit = (st >> bucket_shift) * meta_bits
-            code = (np.int64(codes[code_offsets[layer] + (bit >> 3)]) >> (bit & 7)) & code_mask
-            if (st & offset_mask) < levels[code]:
-                continue  # bumped: the key lives in a later layer
-        return _read_value(words, word_offsets[layer], t, st, coeff) ^ mask
-    return mix64_jit(p ^ keys[0]) & tmask  # not reached: the last layer never bumps
+        if _bumped(st, layer, n_layers, code_offsets, codes, bucket_shift, meta_bits, levels):
+            continue  # the key lives in a later layer
+        return (_read_value(words, word_offsets[layer], t, st, coeff) ^ mask) & tmask
+    return np.uint64(0)  # not reached: the last layer never bumps
 
 
 @numba.njit(cache=True, parallel=True)
@@ -355,21 +366,37 @@ def _query(positions, out, t, keys, rows, code_offsets, codes, word_offsets, wor
     tmask = (_ONE << np.uint64(t)) - _ONE
     for i in prange(positions.size):
         out[i] = np.uint16(
-            _lookup(np.uint64(positions[i]), t, tmask, keys, rows, code_offsets, codes, word_offsets, words,
+            _lookup(np.uint64(positions[i]), 0, t, tmask, keys, rows, code_offsets, codes, word_offsets, words,
                     bucket_shift, meta_bits, levels)
         )
 
 
 @numba.njit(cache=True, parallel=True)
 def _decode_range(size, lut, out, t, keys, rows, code_offsets, codes, word_offsets, words, bucket_shift, meta_bits, levels):
-    """out[p] = lut[value(p)] for p in 0..size-1, in parallel chunks of _CHUNK positions."""
+    """out[p] = lut[value(p)] for p in 0..size-1, in parallel chunks of _CHUNK positions.
+
+    Two passes per chunk: layer 0 for every position, a branch-free loop the compiler
+    vectorizes (about 5x faster than the scalar walk), remembering which positions layer 0
+    bumped; then the full walk from layer 1 for those few (~5 %).
+    """
     tmask = (_ONE << np.uint64(t)) - _ONE
+    n_layers = keys.size
+    ns0 = np.uint64(rows[0] - 63)
     n_chunks = (size + _CHUNK - 1) // _CHUNK
     for c in prange(n_chunks):
-        for p in range(c * _CHUNK, min(size, (c + 1) * _CHUNK)):
-            v = _lookup(np.uint64(p), t, tmask, keys, rows, code_offsets, codes, word_offsets, words,
-                        bucket_shift, meta_bits, levels)
-            out[p] = lut[v]
+        lo = c * _CHUNK
+        hi = min(size, lo + _CHUNK)
+        bumped = np.zeros(hi - lo, np.bool_)
+        for p in range(lo, hi):
+            start, coeff, mask = _hash(np.uint64(p), keys[0], ns0, tmask)
+            st = np.int64(start)
+            bumped[p - lo] = _bumped(st, 0, n_layers, code_offsets, codes, bucket_shift, meta_bits, levels)
+            out[p] = lut[(_read_value(words, 0, t, st, coeff) ^ mask) & tmask]
+        for i in range(hi - lo):
+            if bumped[i]:
+                p = lo + i
+                out[p] = lut[_lookup(np.uint64(p), 1, t, tmask, keys, rows, code_offsets, codes, word_offsets, words,
+                                     bucket_shift, meta_bits, levels)]
 
 
 @numba.njit(cache=True, parallel=True)
@@ -836,6 +863,6 @@ def _parse(table: bytes) -> dict[str, Any]:
         "keys": keys,
         "codes": np.ascontiguousarray(codes_arr),
         "code_offsets": code_offsets,
-        "words": np.ascontiguousarray(np.concatenate(words).astype(np.uint64)) if words else np.zeros(0, np.uint64),
+        "words": np.concatenate(words + [np.zeros(_WORD_PAD, "<u8")]).astype(np.uint64),
         "word_offsets": word_offsets,
     }
