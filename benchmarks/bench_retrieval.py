@@ -1,0 +1,180 @@
+"""Bloomier vs binary fuse vs bumped ribbon in the weightless codec, in one run.
+
+Layers (synthetic: uniform random non-zero positions, codes uniform over K centroids; a
+retrieval structure's size and speed depend only on the counts):
+
+* LeNet-300-100 FC-0, 784 x 300 at 8 % non-zero
+* LeNet-5 FC-0 (Caffe), 800 x 500 at 8 %
+* VGG-16 FC-6, 25088 x 4096 = 102,760,448 positions at 4 %
+
+all with K = 32 clusters and t = 8 bits. For every layer and filter: ``encode_s``
+(:func:`weightcodec.codecs.weightless.encode`: codebook, hashing, build, packing),
+``decode_s`` (median of ``--repeat`` full-layer decodes after a first one that loads numba's
+cached code), table bits per stored non-zero and its ratio to ``t`` (the ``n * t`` bound; the
+table holds all the filter's metadata), all-sections bits per non-zero (codebook included),
+exactness of every stored weight, and measured vs expected false positives. The memory-
+bandwidth floor (NumPy writing the dense float32 layer) is measured beside.
+
+Writes ``benchmarks/results/retrieval.json`` and ``retrieval.md``::
+
+    nice -n 10 python benchmarks/bench_retrieval.py [--repeat 3] [--skip-fc6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from weightcodec.codecs import weightless
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LAYERS = [
+    ("LeNet-300-100 FC-0", (784, 300), 0.08),
+    ("LeNet-5 FC-0", (800, 500), 0.08),
+    ("VGG-16 FC-6", (25088, 4096), 0.04),
+]
+FILTERS = ("bloomier", "fuse", "ribbon")
+CLUSTERS, T = 32, 8
+GOALS = {"LeNet-300-100 FC-0": 1.05, "VGG-16 FC-6": 1.03}  # ribbon bits per non-zero / t, issue 6
+
+
+def synthetic_layer(shape, density, clusters, seed) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    size = shape[0] * shape[1]
+    positions = rng.choice(size, size=round(density * size), replace=False)
+    centroids = np.sort(rng.uniform(0.01, 0.2, clusters) * rng.choice([-1.0, 1.0], clusters)).astype(np.float32)
+    layer = np.zeros(size, dtype=np.float32)
+    layer[positions] = centroids[rng.integers(0, clusters, positions.size)]
+    return layer.reshape(shape)
+
+
+def timed(step):
+    start = time.perf_counter()
+    result = step()
+    return result, time.perf_counter() - start
+
+
+def dense_write(size: int) -> np.ndarray:
+    out = np.empty(size, dtype=np.float32)
+    out[:] = 0
+    return out
+
+
+def bench(name, shape, density, repeat) -> list[dict]:
+    layer = synthetic_layer(shape, density, CLUSTERS, seed=0)
+    nonzero = layer != 0
+    n = int(nonzero.sum())
+    floor = statistics.median(timed(lambda: dense_write(layer.size))[1] for _ in range(max(repeat, 1)))
+    rows = []
+    for filt in FILTERS:
+        encoded, encode_s = timed(lambda: weightless.encode(layer, t=T, seed=0, filter=filt))
+        out, first_s = timed(lambda: weightless.decode(encoded.meta, encoded.sections, shape))
+        exact = bool(np.array_equal(out[nonzero], layer[nonzero]))
+        false_pos = int(np.count_nonzero(out[~nonzero]))
+        del out
+        decode_s = statistics.median(
+            timed(lambda: weightless.decode(encoded.meta, encoded.sections, shape))[1] for _ in range(repeat)
+        )
+        table_bits = 8 * len(encoded.sections["table"])
+        rows.append(
+            {
+                "layer": name,
+                "shape": list(shape),
+                "positions": layer.size,
+                "n": n,
+                "filter": filt,
+                "t": T,
+                "clusters": CLUSTERS,
+                "encode_s": encode_s,
+                "decode_first_s": first_s,
+                "decode_s": decode_s,
+                "dense_write_s": floor,
+                "table_bytes": table_bits // 8,
+                "bytes": encoded.nbytes,
+                "table_bits_per_nonzero": table_bits / n,
+                "table_ratio_to_t": table_bits / (n * T),
+                "bits_per_nonzero": 8 * encoded.nbytes / n,
+                "meta": encoded.meta,
+                "stored_weights_exact": exact,
+                "false_positives": false_pos,
+                "expected_false_positives": (layer.size - n) * CLUSTERS / 2**T,
+            }
+        )
+        print(f"{name:22s} {filt:9s} ratio {rows[-1]['table_ratio_to_t']:.4f} encode {encode_s:7.3f} s "
+              f"decode {decode_s:7.3f} s exact {exact} fp {false_pos} (expected {rows[-1]['expected_false_positives']:.0f})",
+              flush=True)
+    return rows
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# Retrieval structures in the weightless codec: Bloomier vs binary fuse vs bumped ribbon",
+        "",
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs ({m['numba_threads']} numba threads), load average at start "
+        f"{m['load_average_at_start'][0]:.2f} (the machine is shared: times are upper bounds); Python {m['python']}, "
+        f"NumPy {m['numpy']}, numba {m['numba']}. Synthetic layers, K = {CLUSTERS}, t = {T}, seed 0; all filters in the "
+        "same run. Written by `benchmarks/bench_retrieval.py`.",
+        "",
+        "| layer | non-zeros | filter | table bits / non-zero | / t | goal | encode s | decode s | dense write s | "
+        "exact | false positives (expected) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in report["rows"]:
+        goal = GOALS.get(r["layer"]) if r["filter"] == "ribbon" else None
+        lines.append(
+            f"| {r['layer']} | {r['n']:,} | {r['filter']} | {r['table_bits_per_nonzero']:.3f} | "
+            f"{r['table_ratio_to_t']:.4f} | {'<= %.2f' % goal if goal else ''} | {r['encode_s']:.3f} | "
+            f"{r['decode_s']:.3f} | {r['dense_write_s']:.3f} | {r['stored_weights_exact']} | "
+            f"{r['false_positives']:,} ({r['expected_false_positives']:,.0f}) |"
+        )
+    lines += [
+        "",
+        "Table bits include everything the filter stores (ribbon: its header, bucket thresholds and all layers; "
+        "fuse and Bloomier: the packed cells; their seed and sizes are a few bytes of JSON meta). The codebook "
+        "(32 float32) is the same for all and left out. `decode s` is the median of the warm full-layer decodes "
+        "(query every position, write the dense float32 layer); `dense write` is NumPy merely writing that "
+        "layer, the floor.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-fc6", action="store_true")
+    args = parser.parse_args()
+    with open("/proc/cpuinfo") as fh:
+        cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "?")
+    report = {
+        "machine": {
+            "cpu": cpu,
+            "cpus": os.cpu_count(),
+            "numba_threads": numba.get_num_threads(),
+            "load_average_at_start": os.getloadavg(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "numba": numba.__version__,
+        },
+        "rows": [],
+    }
+    for name, shape, density in LAYERS:
+        if args.skip_fc6 and name.startswith("VGG"):
+            continue
+        report["rows"] += bench(name, shape, density, args.repeat)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "retrieval.json").write_text(json.dumps(report, indent=1) + "\n")
+    (RESULTS / "retrieval.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
