@@ -4,7 +4,7 @@ Same contract as the Bloomier filter (:mod:`weightcodec.codecs.bloomier`): every
 (the linear position of a non-zero weight) reads back exactly its value (its cluster code,
 ``< K``); any other position reads a pseudo-random t-bit value, which is a code, so a false
 positive, with probability ``K / 2**t``. No positions are stored. What changes is the space:
-about ``1.005 * t`` bits per key instead of ``1.23 * t``.
+about ``1.003 * t`` to ``1.015 * t`` bits per key instead of ``1.23 * t``.
 
 The equation
 ------------
@@ -56,7 +56,7 @@ metadata; a query reads it to know whether its key lives in this layer or a late
 Why the overhead is small: every row of an overloaded bucket is used except those left empty
 below the chosen threshold, and the levels are placed where failures happen; each bucket of
 ``B * t`` bits pays :data:`META_BITS` bits; each layer a few bytes of header. Measured
-(``benchmarks/results/retrieval.md``, t = 8): ~1.01 * t bits per key at 19 K keys, ~1.005 * t
+(``benchmarks/results/retrieval.md``, t = 8): 1.014 * t bits per key at 19 K keys, 1.003 * t
 at 4 M keys, all metadata and headers included.
 
 Failure: bumping layers never fail (a bucket can always bump all its keys). Only the last,
