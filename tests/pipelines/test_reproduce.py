@@ -1,0 +1,74 @@
+"""End to end on real MNIST (``--quick``), and the pieces of the Deep Compression pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from weightcodec import container
+from weightcodec.errors import DataError, WeightcodecError
+from weightcodec.pipelines import deep_compression, reproduce
+from weightcodec.pipelines.data import load_mnist
+from weightcodec.pipelines.models import build_model
+from weightcodec.pipelines.training import ArrayLoader
+
+
+def test_round_sparsities_end_at_target_and_grow():
+    rounds = deep_compression.round_sparsities(0.92, 3)
+    assert rounds[-1] == pytest.approx(0.92) and rounds == sorted(rounds)
+
+
+def test_encode_model_stores_planned_weights_deep_and_the_rest_raw(tmp_path):
+    model = build_model("lenet300")
+    settings = deep_compression.SETTINGS["lenet300"]
+    with torch.no_grad():
+        for name in settings.layers:
+            weight = model.get_parameter(name)
+            weight.copy_(torch.round(weight * 20) / 20 * (torch.rand(weight.shape) > 0.9))
+    records = deep_compression.encode_model(model, settings)
+    assert {r.name: r.encoded.codec for r in records} == {
+        "fc1.weight": "deep", "fc1.bias": "raw", "fc2.weight": "deep",
+        "fc2.bias": "raw", "fc3.weight": "deep", "fc3.bias": "raw",
+    }  # fmt: skip
+    container.write(tmp_path / "m.wcz", records)
+    decoded, _ = deep_compression.load_decoded("lenet300", tmp_path / "m.wcz")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(decoded.state_dict()[name], tensor), name
+
+
+def test_share_and_finetune_leaves_at_most_k_values_and_keeps_zeros():
+    model = build_model("lenet300")
+    with torch.no_grad():
+        model.fc1.weight.mul_(torch.rand(model.fc1.weight.shape) > 0.9)
+    zeros = model.fc1.weight.detach() == 0
+    settings = deep_compression.quick_settings(deep_compression.SETTINGS["lenet300"])
+    x = np.random.default_rng(0).random((32, 784), dtype=np.float32)
+    loader = ArrayLoader(x, np.arange(32) % 10, batch_size=16)
+    deep_compression.share_and_finetune(model, settings, loader, progress=False)
+    assert torch.equal(model.fc1.weight == 0, zeros)
+    assert torch.unique(model.fc1.weight[~zeros]).numel() <= 64
+
+
+def test_unknown_method_lists_the_valid_ones(tmp_path):
+    with pytest.raises(WeightcodecError, match=r"unknown method 'zip'; choose one of \['deep'\]"):
+        reproduce.reproduce("lenet300", "zip", results_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_quick_reproduce_end_to_end(tmp_path):
+    """The README's first command, in under two minutes: a real file, decoded and evaluated."""
+    try:
+        load_mnist()
+    except DataError as exc:
+        pytest.skip(f"MNIST cannot be obtained on this machine: {exc}")
+    result = reproduce.reproduce("lenet300", "deep", quick=True, results_dir=tmp_path, progress=False)
+    wcz = tmp_path / "reproduce-lenet300-deep-quick.wcz"
+    assert json.loads((tmp_path / "reproduce-lenet300-deep-quick.json").read_text()) == result
+    assert result["file_bytes"] == wcz.stat().st_size == container.read(wcz).file_bytes
+    assert result["original_bytes"] == 266_610 * 4
+    assert result["ratio"] == pytest.approx(result["original_bytes"] / result["file_bytes"])
+    assert result["ratio"] > 30 and result["test_error"] < 20 and result["baseline_test_error"] < 20
+    assert [layer["name"] for layer in result["layers"]][:2] == ["fc1.weight", "fc1.bias"]
+    fc1 = result["layers"][0]
+    assert fc1["nonzero_fraction"] == pytest.approx(0.05, abs=1e-3) and fc1["describe"]["clusters"] <= 64
