@@ -65,6 +65,7 @@ import numpy as np
 from bitarray import bitarray
 from bitarray.util import ba2int
 
+from .varint import encode_varints, read_varint
 from ..errors import CorruptFileError, EncodeError
 
 __all__ = ["SYMBOL_LIMIT", "ans_encode", "ans_decode", "ans_header_bytes", "quantize_counts"]
@@ -120,7 +121,7 @@ def ans_encode(symbols: np.ndarray) -> bytes:
         return b""
     alphabet, ranks, counts = np.unique(symbols, return_inverse=True, return_counts=True)
     if alphabet.size == 1:
-        return _varints([4 * 1 + _CONTIGUOUS, int(alphabet[0])])
+        return encode_varints([4 * 1 + _CONTIGUOUS, int(alphabet[0])])
     quantized = quantize_counts(counts)
     header = _header(alphabet, quantized)
     coder = constriction.stream.stack.AnsCoder()
@@ -277,7 +278,7 @@ def _header(alphabet: np.ndarray, quantized: np.ndarray) -> bytes:
     deltas = np.diff(alphabet)
     mode = _CONTIGUOUS if (deltas == 1).all() else _DELTAS
     coded = quantized if mode == _CONTIGUOUS else np.concatenate([deltas, quantized])
-    return _varints([4 * alphabet.size + mode, int(alphabet[0])]) + _gamma_encode(coded)
+    return encode_varints([4 * alphabet.size + mode, int(alphabet[0])]) + _gamma_encode(coded)
 
 
 def _gamma_bits(values: np.ndarray) -> int:
@@ -317,14 +318,14 @@ def _read_gammas(data: bytes, offset: int, n: int) -> tuple[np.ndarray, int]:
 
 def _read_header(data: bytes, count: int):
     """(distinct, mode, alphabet, quantized counts or None, payload offset), all checked."""
-    word, offset = _read_varint(data, 0)
+    word, offset = read_varint(data, 0, what="ANS header", max_bytes=MAX_VARINT_BYTES)
     distinct, mode = word >> 2, word & 3
     if not 1 <= distinct <= count or mode > _CONTIGUOUS or (distinct == 1 and mode != _CONTIGUOUS):
         raise CorruptFileError(
             f"ANS stream of {count} symbols claims {distinct} distinct symbols (alphabet mode {mode}); "
             f"expected 1 to {count} (mode 0 or 1, 1 for a single symbol)"
         )
-    first, offset = _read_varint(data, offset)
+    first, offset = read_varint(data, offset, what="ANS header", max_bytes=MAX_VARINT_BYTES)
     if distinct == 1:
         alphabet = np.array([first], dtype=np.int64)
         quantized = None
@@ -342,23 +343,3 @@ def _read_header(data: bytes, count: int):
     return distinct, mode, alphabet, quantized, offset
 
 
-def _varints(values: list[int]) -> bytes:
-    out = bytearray()
-    for value in values:
-        while value >= 0x80:
-            out.append((value & 0x7F) | 0x80)
-            value >>= 7
-        out.append(value)
-    return bytes(out)
-
-
-def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
-    value = 0
-    for i in range(MAX_VARINT_BYTES):
-        if offset + i >= len(data):
-            raise CorruptFileError(f"ANS header is truncated at byte {offset + i} (inside a varint)")
-        byte = data[offset + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if byte < 0x80:
-            return value, offset + i + 1
-    raise CorruptFileError(f"ANS header holds a varint longer than {MAX_VARINT_BYTES} bytes at byte {offset}")

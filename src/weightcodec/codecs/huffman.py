@@ -37,6 +37,7 @@ import numpy as np
 from bitarray import bitarray, frozenbitarray
 from bitarray.util import canonical_decode, canonical_huffman, int2ba
 
+from .varint import encode_varints, read_varint
 from ..errors import CorruptFileError, EncodeError
 
 __all__ = [
@@ -156,11 +157,11 @@ def huffman_encode(symbols: np.ndarray) -> bytes:
     if present.size == 0:
         return b""
     if present.size == 1:
-        return _varints([0, int(present[0])])
+        return encode_varints([0, int(present[0])])
     counts, ordered = huffman_table({int(s): int(frequencies[s]) for s in present})
     payload = bitarray(endian="big")
     payload.encode(_codewords(counts, ordered), symbols.tolist())
-    return _varints([len(counts), *counts, *ordered]) + payload.tobytes()
+    return encode_varints([len(counts), *counts, *ordered]) + payload.tobytes()
 
 
 def huffman_decode(data: bytes, count: int) -> np.ndarray:
@@ -196,17 +197,17 @@ def huffman_decode(data: bytes, count: int) -> np.ndarray:
         if count == 0 and not data:
             return np.zeros(0, dtype=np.int64)
         raise CorruptFileError(f"Huffman stream of {len(data)} bytes cannot hold {count} symbols")
-    longest, offset = _read_varint(data, 0)
+    longest, offset = read_varint(data, 0, what="Huffman table", max_bytes=MAX_VARINT_BYTES)
     if longest == 0:
-        symbol, offset = _read_varint(data, offset)
+        symbol, offset = read_varint(data, offset, what="Huffman table", max_bytes=MAX_VARINT_BYTES)
         _check_table([], [symbol])
         if offset != len(data):
             raise CorruptFileError(f"single-symbol Huffman stream has {len(data) - offset} trailing bytes")
         return np.full(count, symbol, dtype=np.int64)
     if longest > MAX_CODE_BITS:
         raise CorruptFileError(f"Huffman table declares {longest}-bit codes; the limit is {MAX_CODE_BITS}")
-    counts, offset = _read_varints(data, offset, longest)
-    ordered, offset = _read_varints(data, offset, sum(counts))
+    counts, offset = _readencode_varints(data, offset, longest)
+    ordered, offset = _readencode_varints(data, offset, sum(counts))
     _check_table(counts, ordered)
     return _decode_payload(data[offset:], counts, ordered, count)
 
@@ -269,33 +270,13 @@ def _decode_payload(payload: bytes, counts: list[int], ordered: list[int], count
     return symbols
 
 
-def _varints(values: list[int]) -> bytes:
-    out = bytearray()
-    for value in values:
-        while value >= 0x80:
-            out.append(0x80 | (value & 0x7F))
-            value >>= 7
-        out.append(value)
-    return bytes(out)
 
 
-def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
-    value = 0
-    for i in range(MAX_VARINT_BYTES):
-        if offset + i >= len(data):
-            raise CorruptFileError("Huffman table is truncated")
-        byte = data[offset + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if byte < 0x80:
-            return value, offset + i + 1
-    raise CorruptFileError(f"Huffman table holds a varint longer than {MAX_VARINT_BYTES} bytes")
-
-
-def _read_varints(data: bytes, offset: int, n: int) -> tuple[list[int], int]:
+def _readencode_varints(data: bytes, offset: int, n: int) -> tuple[list[int], int]:
     if n > len(data) - offset:  # each varint takes at least one byte: refuse before looping
         raise CorruptFileError(f"Huffman table is truncated: {n} entries, {len(data) - offset} bytes left")
     values = []
     for _ in range(n):
-        value, offset = _read_varint(data, offset)
+        value, offset = read_varint(data, offset, what="Huffman table", max_bytes=MAX_VARINT_BYTES)
         values.append(value)
     return values, offset
