@@ -19,7 +19,7 @@ import torch
 from .. import __version__ as weightcodec_version
 from ..container import atomic_write_bytes
 from ..errors import WeightcodecError
-from . import deep_compression
+from . import deep_compression, weightless
 from .data import Mnist, load_mnist
 from .models import MODELS
 
@@ -43,7 +43,7 @@ def run_deep(model: str, mnist: Mnist, out_path: Path, *, quick: bool, seed: int
     return deep_compression.run(model, mnist, settings, out_path, seed=seed, progress=progress, metadata=metadata)
 
 
-METHODS: dict[str, Method] = {"deep": run_deep}
+METHODS: dict[str, Method] = {"deep": run_deep, "weightless": weightless.run_reproduce}
 
 
 def reproduce(

@@ -1,0 +1,264 @@
+"""Weightless end to end: stages in network order, the t sweep and its choice, frozen layers,
+the file holding exactly the pipeline's model, figures and the markdown report."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from weightcodec import container
+from weightcodec.errors import DataError, WeightcodecError
+from weightcodec.pipelines import deep_compression, plots, reproduce, weightless
+from weightcodec.pipelines.data import Mnist, load_mnist
+from weightcodec.pipelines.deep_compression import LayerPlan
+from weightcodec.pipelines.models import build_model
+from weightcodec.pipelines.training import ArrayLoader, TrainConfig, evaluate, train
+from weightcodec.simplify import prune
+
+TINY = TrainConfig(epochs=1, lr=0.02, batch_size=32, weight_decay=0.0)
+
+
+def _toy_mnist(n: int = 256, seed: int = 0) -> Mnist:
+    """Random images with a learnable signal: pixel 50 * label is bright."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n).astype(np.int64)
+    x = (rng.random((n, 784)) * 0.2).astype(np.float32)
+    x[np.arange(n), y * 50] = 1.0
+    return Mnist(x, y, x[:64], y[:64], x[64:128], y[64:128], "toy")
+
+
+def _tiny_settings(model: str = "lenet300", **overrides) -> weightless.WeightlessSettings:
+    settings = weightless.SETTINGS[model]
+    deep = replace(settings.deep, baseline=replace(TINY, epochs=2), retrain=TINY, finetune=TINY, prune_rounds=1)
+    return replace(
+        settings, deep=deep, prune=TINY, prune_rounds=1, finetune=TINY, sweep=TINY, retrain=TINY,
+        **{"t_values": (4, 8), **overrides},
+    )  # fmt: skip
+
+
+def _point(t: int, valid: float, filter: str = "bloomier") -> weightless.SweepPoint:
+    return weightless.SweepPoint(filter, t, 100 * t, 0, 0.0, valid + 1, valid, valid)
+
+
+def _sparse_clustered_fc1(model, density: float = 0.1, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        keep = torch.rand(model.fc1.weight.shape, generator=generator) < density
+        values = torch.tensor([-0.3, -0.1, 0.1, 0.3])[torch.randint(0, 4, model.fc1.weight.shape, generator=generator)]
+        model.fc1.weight.copy_(values * keep)
+
+
+# ----------------------------------------------------------------------------- pure steps
+
+
+def test_stages_follow_network_order_for_lenet5():
+    order = list(build_model("lenet5").state_dict())
+    deep = deep_compression.SETTINGS["lenet5"].layers
+    assert weightless.stages(order, ["fc1.weight"], deep) == [
+        weightless.Stage("deep", ("conv1.weight", "conv2.weight")),
+        weightless.Stage("weightless", ("fc1.weight",)),
+        weightless.Stage("deep", ("fc2.weight",)),
+    ]
+
+
+def test_stages_encoding_every_layer_has_no_deep_stage():
+    order = list(build_model("lenet300").state_dict())
+    settings = weightless.all_layers(weightless.SETTINGS["lenet300"])
+    assert [s.method for s in weightless.stages(order, settings.layers, settings.deep.layers)] == ["weightless"] * 3
+    assert settings.layers["fc1.weight"] == weightless.SETTINGS["lenet300"].layers["fc1.weight"]
+
+
+@pytest.mark.parametrize(
+    "valid, expected",
+    [([3.0, 1.05, 0.98], 6), ([3.0, 1.2, 1.09], 8), ([3.0, 1.5, 1.5], 6), ([0.5, 0.4, 0.3], 4)],
+)
+def test_choose_t_smallest_within_tolerance_else_lowest_error(valid, expected):
+    points = [_point(t, v) for t, v in zip((4, 6, 8), valid)]
+    assert weightless.choose_t(points[::-1], reference=1.0, tolerance=0.1) == expected
+
+
+def test_choose_t_without_points():
+    with pytest.raises(WeightcodecError, match="the sweep has no points"):
+        weightless.choose_t([], reference=1.0, tolerance=0.1)
+
+
+def test_freeze_keeps_the_layer_through_training():
+    model = build_model("lenet300")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    weightless.freeze_(model, ["fc1.weight"])
+    mnist = _toy_mnist()
+    train(model, ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32), TINY, progress=False)
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]) == name.startswith("fc1."), name
+
+
+def test_decode_layer_is_the_stored_weights_plus_false_positives():
+    model = build_model("lenet300")
+    _sparse_clustered_fc1(model)
+    weight = model.fc1.weight.detach()
+    record = weightless.encode_layer("fc1.weight", weight, t=6, filter="ribbon", seed=3)
+    decoded = weightless.decode_layer(record)
+    keys = weight != 0
+    assert torch.equal(decoded[keys], weight[keys])
+    false_positives = int((decoded[~keys] != 0).sum())
+    expected = int((~keys).sum()) * 4 / 2**6
+    assert abs(false_positives - expected) < 5 * expected**0.5  # binomial, 5 sigma
+    assert set(decoded[~keys].unique().tolist()) <= set(weight.unique().tolist())
+
+
+# ----------------------------------------------------------------------------- steps on a model
+
+
+@pytest.mark.parametrize("pruning", sorted(weightless.PRUNERS))
+def test_prune_all_hits_each_sparsity_and_keeps_masks_until_unmasked(pruning):
+    mnist = _toy_mnist()
+    loader = ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True)
+    model = build_model("lenet300")
+    plans = {"fc1.weight": LayerPlan(0.9, 2), "fc2.weight": LayerPlan(0.5, 6)}
+    weightless.prune_all(model, plans, _tiny_settings(pruning=pruning), loader, progress=False)
+    masks = {name: prune.mask_of(model.get_submodule(name[:3])) for name in plans}
+    assert {n: float((~m).float().mean()) for n, m in masks.items()} == pytest.approx({"fc1.weight": 0.9, "fc2.weight": 0.5})
+    train(model, loader, TINY, progress=False)
+    weightless.unmask_(model, plans)
+    for name, mask in masks.items():
+        weight = model.get_parameter(name)
+        assert torch.equal(weight != 0, mask) and not prune.is_pruned(model.get_submodule(name[:3])), (pruning, name)
+
+
+def test_prune_all_unknown_method_lists_the_valid_ones():
+    with pytest.raises(WeightcodecError, match=r"unknown pruning 'lottery'; choose one of \['dns', 'magnitude'\]"):
+        weightless.prune_all(build_model("lenet300"), {}, _tiny_settings(pruning="lottery"), None, progress=False)
+
+
+def test_sweep_retrains_only_later_layers_around_what_the_filter_decodes():
+    model = build_model("lenet300")
+    _sparse_clustered_fc1(model)
+    start = {n: t.clone() for n, t in model.state_dict().items()}
+    mnist = _toy_mnist()
+    loader = ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True)
+    splits = weightless.Splits(ArrayLoader(mnist.x_valid, mnist.y_valid, batch_size=64),
+                               ArrayLoader(mnist.x_test, mnist.y_test, batch_size=64))  # fmt: skip
+    settings = _tiny_settings(t_values=(1, 4, 8))  # t = 1 cannot hold K = 4 codes: skipped
+    points, kept = weightless.sweep_t(model, "fc1.weight", settings, loader, splits, progress=False)
+    assert [(p.filter, p.t) for p in points] == [("bloomier", 4), ("bloomier", 8), ("ribbon", 4), ("ribbon", 8)]
+    assert all(torch.equal(model.state_dict()[n], start[n]) for n in start), "the model is left as it came"
+    for point in points:
+        assert point.expected_false_positives == pytest.approx(int((start["fc1.weight"] == 0).sum()) * 4 / 2**point.t)
+    assert points[0].false_positives > points[1].false_positives
+    assert sorted(kept) == [4, 8]
+    for t, (record, state) in kept.items():
+        assert record.encoded.meta["filter"] == "bloomier" and record.encoded.meta["t"] == t
+        assert torch.equal(state["fc1.weight"], weightless.decode_layer(record))
+        assert torch.equal(state["fc1.bias"], start["fc1.bias"])
+        assert not torch.equal(state["fc2.weight"], start["fc2.weight"])
+        point = next(p for p in points if p.filter == "bloomier" and p.t == t)
+        assert record.nbytes == point.bytes
+        restored = build_model("lenet300")
+        restored.load_state_dict(state)
+        assert evaluate(restored, splits.valid) == point.valid_error
+
+
+def test_encode_model_mixes_weightless_deep_and_raw():
+    model = build_model("lenet300")
+    _sparse_clustered_fc1(model)
+    with torch.no_grad():
+        model.fc2.weight.copy_(torch.round(model.fc2.weight * 20) / 20 * (model.fc2.weight.abs() > 0.05))
+        model.fc3.weight.copy_(torch.round(model.fc3.weight * 20) / 20)
+    record = weightless.encode_layer("fc1.weight", model.fc1.weight.detach(), t=8, filter="bloomier")
+    records = weightless.encode_model(model, weightless.SETTINGS["lenet300"], {"fc1.weight": record})
+    assert {r.name: r.encoded.codec for r in records} == {
+        "fc1.weight": "weightless", "fc1.bias": "raw", "fc2.weight": "deep",
+        "fc2.bias": "raw", "fc3.weight": "deep", "fc3.bias": "raw",
+    }  # fmt: skip
+    assert records[0] is record
+
+
+def test_settings_that_do_not_fit_are_listed_before_training(tmp_path):
+    settings = replace(
+        _tiny_settings(),
+        layers={"fc9.weight": LayerPlan(0.9, 6)},
+        pruning="lottery",
+        reference="dense",
+        t_values=(4, 5),
+        filters=("bloomier", "cuckoo"),
+    )
+    with pytest.raises(WeightcodecError) as info:
+        weightless.run("lenet300", _toy_mnist(), settings, tmp_path / "m.wcz", progress=False)
+    message = str(info.value)
+    assert message.startswith("Weightless settings do not fit LeNet300: unknown layer 'fc9.weight'; ")
+    assert "unknown pruning 'lottery' (choose one of ['dns', 'magnitude'])" in message
+    assert "unknown reference 'dense' (choose one of ['baseline', 'unencoded'])" in message
+    assert "fc9.weight: K = 64 clusters need t >= 6, but t_values stop at 5" in message
+    assert "filters ['bloomier', 'cuckoo'] with stored filter 'bloomier'" in message
+
+
+# ----------------------------------------------------------------------------- the whole pipeline
+
+
+def _check_result(result: dict, wcz_path, mnist: Mnist, model_name: str) -> None:
+    """The file holds the pipeline's model: decoded error == measured error, figures consistent."""
+    decoded, wcz = deep_compression.load_decoded(model_name, wcz_path)
+    test = ArrayLoader(mnist.x_test, mnist.y_test, batch_size=1000)
+    assert evaluate(decoded, test) == result["test_error"] == result["pipeline_test_error"]
+    assert result["file_bytes"] == wcz_path.stat().st_size == wcz.file_bytes
+    assert result["ratio"] == pytest.approx(result["original_bytes"] / result["file_bytes"])
+    [layer] = result["encoded_layers"]
+    assert layer["name"] == result["largest_layer"] == "fc1.weight"
+    record = wcz.record("fc1.weight")
+    assert record.encoded.codec == "weightless" and layer["bytes"] == record.nbytes
+    assert result["largest_layer_ratio"] == pytest.approx(4 * layer["elements"] / layer["bytes"])
+    assert result["largest_layer_vs_deep"] == pytest.approx(layer["deep_codec_bytes"] / layer["bytes"])
+    stored = wcz.decode("fc1.weight")
+    assert layer["n"] + layer["false_positives"] == np.count_nonzero(stored)
+    assert layer["K"] == len(np.unique(stored[stored != 0])) and layer["t"] == record.encoded.meta["t"]
+    [stage] = [s for s in result["stages"] if s["method"] == "weightless"]
+    assert layer["t"] == stage["chosen_t"][layer["filter"]]
+    assert {r.name: r.encoded.codec for r in wcz.records if r.name != "fc1.weight" and r.name.endswith("weight")} == {
+        "fc2.weight": "deep", "fc3.weight": "deep"
+    }
+
+
+def test_run_on_toy_data_writes_the_model_it_measured(tmp_path, monkeypatch):
+    monkeypatch.setenv("WEIGHTCODEC_CACHE", str(tmp_path / "cache"))
+    mnist = _toy_mnist()
+    result = weightless.run("lenet300", mnist, _tiny_settings(), tmp_path / "m.wcz", progress=False)
+    _check_result(result, tmp_path / "m.wcz", mnist, "lenet300")
+    json.dumps(result)  # everything is JSON-able
+    paths = plots.weightless_figures(result, tmp_path / "weightless-toy")
+    assert [p.name for p in paths] == [
+        "weightless-toy-error-vs-t.png", "weightless-toy-bytes-vs-t.png",
+        "weightless-toy-false-positives-vs-t.png", "weightless-toy-fc1-histogram.png",
+    ]  # fmt: skip
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+def test_markdown_report_from_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("WEIGHTCODEC_CACHE", str(tmp_path / "cache"))
+    result = weightless.run("lenet300", _toy_mnist(), _tiny_settings(), tmp_path / "m.wcz", progress=False)
+    (tmp_path / "reproduce-lenet300-weightless.json").write_text(json.dumps(result))
+    deep = {"test_error": 1.5, "file_bytes": 30000, "ratio": 35.5, "layers": [{"name": "fc1.weight", "bytes": 20000}]}
+    (tmp_path / "reproduce-lenet300-deep.json").write_text(json.dumps(deep))
+    text = weightless.write_markdown(tmp_path).read_text()
+    layer = result["encoded_layers"][0]
+    assert f"| {layer['bytes']} |" in text and f"| {20000 / layer['bytes']:.2f}x |" in text
+    assert "| lenet300 |" in text and "| 1.50 |" in text and "496x" in text
+    with pytest.raises(WeightcodecError, match="no reproduce-<model>-weightless.json"):
+        weightless.write_markdown(tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_quick_reproduce_weightless_on_mnist(tmp_path):
+    """``reproduce lenet300 --method weightless --quick``: what the user gets is what was measured."""
+    try:
+        mnist = load_mnist()
+    except DataError as exc:
+        pytest.skip(f"MNIST cannot be obtained on this machine: {exc}")
+    result = reproduce.reproduce("lenet300", "weightless", quick=True, results_dir=tmp_path, progress=False)
+    assert json.loads((tmp_path / "reproduce-lenet300-weightless-quick.json").read_text()) == result
+    _check_result(result, tmp_path / "reproduce-lenet300-weightless-quick.wcz", mnist, "lenet300")
+    assert result["test_error"] < 25 and result["largest_layer_ratio"] > 50
+    assert sorted(p.rsplit("/", 1)[1] for p in result["figures"]) == sorted(
+        f"weightless-lenet300-quick-{kind}.png" for kind in ("error-vs-t", "bytes-vs-t", "false-positives-vs-t", "fc1-histogram")
+    )
