@@ -143,6 +143,63 @@ def test_decode_layer_matches_query():
     np.testing.assert_array_equal(dense[keys], lut[values])
 
 
+def _spec_values(table: bytes, positions) -> list[int]:
+    """The query of docs/codecs/ribbon.md, written out in Python integers (slow, independent)."""
+    word = 2**64 - 1
+
+    def mix64(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & word
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & word
+        return z ^ (z >> 31)
+
+    gamma = 0x9E3779B97F4A7C15
+    _, t, _, b, bucket, n_layers, n_levels, seed = struct.unpack_from("<BBBBHBBQ", table, 0)
+    offset = 16
+    levels = struct.unpack_from(f"<{n_levels}H", table, offset)
+    offset += 2 * n_levels
+    rows_and_tries = [struct.unpack_from("<IB", table, offset + 5 * i) for i in range(n_layers)]
+    offset += 5 * n_layers
+    layers = []
+    for i, (m, attempt) in enumerate(rows_and_tries):
+        code_bytes = -(-(-(-(m - 63) // bucket)) * b // 8) if i < n_layers - 1 else 0
+        codes = table[offset : offset + code_bytes]
+        offset += code_bytes
+        words = struct.unpack_from(f"<{m // 64 * t}Q", table, offset)
+        offset += m // 64 * t * 8
+        columns = [sum(words[k * t + j] << (64 * k) for k in range(m // 64)) for j in range(t)]
+        key = mix64((seed + (i << 56) + (attempt << 48) + gamma) & word)
+        layers.append((m, codes, columns, key))
+    assert offset == len(table)
+    values = []
+    for p in positions:
+        for i, (m, codes, columns, key) in enumerate(layers):
+            h1 = mix64(int(p) ^ key)
+            h2 = mix64((h1 + gamma) & word)
+            start, coeff, mask = ((h1 >> 32) * (m - 63)) >> 32, h2 | 1, h1 & ((1 << t) - 1)
+            if i < n_layers - 1:
+                bit = (start // bucket) * b
+                if start % bucket < levels[(codes[bit // 8] >> (bit % 8)) & ((1 << b) - 1)]:
+                    continue  # bumped to the next layer
+            parities = sum((bin(coeff & (columns[j] >> start) & word).count("1") & 1) << j for j in range(t))
+            values.append(mask ^ parities)
+            break
+    return values
+
+
+@pytest.mark.parametrize("t", [1, 3, 4, 5, 8, 9, 16])
+def test_query_and_decode_follow_the_written_spec(t):
+    # 20,000 keys give three layers (two bumping, one plain); probe keys and non-keys alike
+    rng = np.random.default_rng(t)
+    keys = rng.choice(100_000, size=20_000, replace=False)
+    table, params = ribbon_build(keys, rng.integers(0, 2**t, size=keys.size), t, seed=t)
+    assert len(ribbon_describe(table)["layers"]) == 3
+    probe = np.concatenate([keys[:700], rng.integers(0, 100_000, size=700)])
+    expected = _spec_values(table, probe)
+    np.testing.assert_array_equal(ribbon_query(table, params, probe), expected)
+    lut = np.arange(2**t, dtype=np.float32)
+    np.testing.assert_array_equal(ribbon_decode_layer(table, lut, 100_000)[probe], expected)
+
+
 def test_filter_adapter_roundtrip_and_meta_check():
     keys, values = np.array([2, 9, 40]), np.array([1, 0, 3])
     params, table = ribbon_filter_build(keys, values, t=4, seed=3)

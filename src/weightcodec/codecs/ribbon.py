@@ -83,7 +83,9 @@ from typing import Any, Mapping
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
 from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
@@ -121,8 +123,11 @@ MAX_LAYERS = 12  # bumping layers at most (each keeps ~4 % of its keys); then th
 LAST_EPS = (0.05, 0.05, 0.1, 0.1, 0.2, 0.2, 0.4, 0.4, 0.8, 0.8, 1.6, 1.6, 3.2, 3.2, 6.4, 6.4)
 MAX_TRIES = len(LAST_EPS)  # tries of the last layer, each with a new seed, before EncodeError
 FORMAT_VERSION = 1
-_CHUNK = 1 << 16  # positions per parallel work item of the layer decoder
-_WORD_PAD = 32  # zero words after the last layer, so no read of a window can leave the array
+_CHUNK = 1 << 16  # positions per parallel work item of the lookup kernel
+_BLOCK = 1024  # positions hashed together, then read together: 4 scratch arrays of 8 KiB stay in L1/L2
+# zero words after the last layer: a window read covers words first .. first + t + lanes - 1, where
+# first + t is at most the layer's end and lanes <= 16 (_window_parities), so no read leaves the array
+_WORD_PAD = 32
 MAX_KEY = 1 << 62  # positions are int64 >= 0; 2**62 leaves room for the dense-layer limit 2**40
 
 _HEADER = struct.Struct("<BBBBHBB Q")  # version, t, w, meta_bits, bucket, n_layers, n_levels, seed
@@ -147,8 +152,9 @@ def _popcount(typingctx, x):
 
 
 _U32 = np.uint64(32)
-_LOW32 = np.uint64(0xFFFFFFFF)
 _ONE = np.uint64(1)
+_SIX = np.uint64(6)  # start row >> 6 = its 64-row block of the solution
+_SIXTY_THREE = np.uint64(63)  # start row & 63 = its offset in that block
 
 
 @numba.njit(cache=True, inline="always")
@@ -314,103 +320,140 @@ def _back_substitute(C, R, t):
 
 # ---------------------------------------------------------------------------------------------
 # query
+#
+# A query is two steps per layer: hash the position (start row, coefficient row, mask; pure
+# arithmetic) and read the t-bit parity vector of the 64-row window at the start row (memory).
+# Done position by position, the hash's multiplies and the window's t scalar popcounts made
+# ribbon decode ~3x slower than the Bloomier filter's. So the kernel works on blocks of
+# positions, one layer at a time: a hash loop over the block that the compiler vectorizes
+# (as it does the whole Bloomier query), a read loop in which each window is two vector loads
+# and one vector popcount (:func:`_window_parities`), and a compaction that keeps only the
+# positions the layer bumped (~4 %) for the next layer. Every layer writes its answer for all
+# positions still in the block; a bumped position is overwritten by a later layer.
 
 
-@numba.njit(cache=True, inline="always")
-def _read_value(words, base, t, start, coeff):
-    """The t-bit left-hand side at ``start`` for coefficient row ``coeff``; layer words from ``base``.
+def _window_parities_lanes(lanes: int):
+    """An intrinsic ``(words, first, second, c0, c1) -> uint64`` for ``lanes`` columns at once.
 
-    Column j of the 64-row window is ``words[first + j] >> sh`` joined with the next block's word
-    ``<< (64 - sh)``; its parity under ``coeff`` is bit j.
+    Bit j of the result is ``parity((words[first + j] & c0) ^ (words[second + j] & c1))`` for
+    ``j < lanes``. ``words`` is a contiguous uint64 array and ``second + lanes`` at most its
+    length (the caller's padding guarantees it); lanes past ``t`` read the next columns or
+    block and give bits the caller masks off. It is LLVM vector code: two ``<lanes x i64>``
+    loads, and/xor, ``ctpop``, the low bit of each lane packed into an integer (on AVX-512:
+    vpopcntq and vpmovq2m; other targets get LLVM's expansion of the same operations).
     """
-    sh = np.uint64(start & 63)
-    first = base + (start >> 6) * t
-    v = np.uint64(0)
-    if sh == 0:  # the window is exactly one block (shifting a uint64 by 64 is undefined)
-        for j in range(t):
-            v |= (np.uint64(_popcount(words[first + j] & coeff)) & _ONE) << np.uint64(j)
-    else:
-        back = np.uint64(64) - sh
-        for j in range(t):
-            win = (words[first + j] >> sh) | (words[first + t + j] << back)
-            v |= (np.uint64(_popcount(win & coeff)) & _ONE) << np.uint64(j)
-    return v
+    vec = ir.VectorType(ir.IntType(64), lanes)
+
+    @intrinsic
+    def parities(typingctx, words, first, second, c0, c1):
+        if words != types.Array(types.uint64, 1, "C"):
+            return None  # no match: numba reports a typing error
+        sig = types.uint64(words, types.uint64, types.uint64, types.uint64, types.uint64)
+
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+
+            def load(index):
+                return builder.load(builder.bitcast(builder.gep(data, [index]), vec.as_pointer()), align=8)
+
+            def splat(word):
+                one = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(ir.IntType(32), 0))
+                zeros = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+                return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
+
+            x = builder.xor(builder.and_(load(args[1]), splat(args[3])), builder.and_(load(args[2]), splat(args[4])))
+            ctpop_type = ir.FunctionType(vec, [vec])
+            ctpop = cgutils.get_or_insert_function(builder.module, ctpop_type, f"llvm.ctpop.v{lanes}i64")
+            low_bits = builder.trunc(builder.call(ctpop, [x]), ir.VectorType(ir.IntType(1), lanes))
+            return builder.zext(builder.bitcast(low_bits, ir.IntType(lanes)), ir.IntType(64))
+
+        return sig, codegen
+
+    return parities
+
+
+_PARITIES_4, _PARITIES_8, _PARITIES_16 = (_window_parities_lanes(n) for n in (4, 8, 16))  # t <= 4, 8, 16
 
 
 @numba.njit(cache=True, inline="always")
-def _bumped(st, layer, n_layers, code_offsets, codes, bucket_shift, meta_bits, levels):
-    """Whether start row ``st`` of ``layer`` lies below its bucket's threshold (the last layer never bumps)."""
-    if layer == n_layers - 1:
-        return False
-    bit = (st >> bucket_shift) * meta_bits
-    code = (np.int64(codes[code_offsets[layer] + (bit >> 3)]) >> (bit & 7)) & ((1 << meta_bits) - 1)
-    return (st & ((1 << bucket_shift) - 1)) < levels[code]
+def _window_parities(words, first, t, start, coeff):
+    """The left-hand side at start row ``start`` (bit j = column j) for coefficient row ``coeff``.
 
-
-@numba.njit(cache=True, inline="always")
-def _lookup(p, first, t, tmask, keys, rows, code_offsets, codes, word_offsets, words, bucket_shift, meta_bits, levels):
-    """The t-bit value of position ``p`` (uint64), from layer ``first`` on: the first layer that
-    does not bump it answers."""
-    n_layers = keys.size
-    for layer in range(first, n_layers):
-        start, coeff, mask = _hash(p, keys[layer], np.uint64(rows[layer] - 63), tmask)
-        st = np.int64(start)
-        if _bumped(st, layer, n_layers, code_offsets, codes, bucket_shift, meta_bits, levels):
-            continue  # the key lives in a later layer
-        return (_read_value(words, word_offsets[layer], t, st, coeff) ^ mask) & tmask
-    return np.uint64(0)  # not reached: the last layer never bumps
-
-
-@numba.njit(cache=True, parallel=True)
-def _query(positions, out, t, keys, rows, code_offsets, codes, word_offsets, words, bucket_shift, meta_bits, levels):
-    tmask = (_ONE << np.uint64(t)) - _ONE
-    for i in prange(positions.size):
-        out[i] = np.uint16(
-            _lookup(np.uint64(positions[i]), 0, t, tmask, keys, rows, code_offsets, codes, word_offsets, words,
-                    bucket_shift, meta_bits, levels)
-        )
-
-
-@numba.njit(cache=True, parallel=True)
-def _decode_range(size, lut, out, t, keys, rows, code_offsets, codes, word_offsets, words, bucket_shift, meta_bits, levels):
-    """out[p] = lut[value(p)] for p in 0..size-1, in parallel chunks of _CHUNK positions.
-
-    Two passes per chunk: layer 0 for every position, a branch-free loop the compiler
-    vectorizes (about 5x faster than the scalar walk), remembering which positions layer 0
-    bumped; then the full walk from layer 1 for those few (~5 %).
+    Column j of the 64-row window is ``words[first + j] >> sh`` joined with the next block's
+    word ``<< (64 - sh)``, ``sh = start mod 64``. Instead of shifting t words, the coefficient
+    row is shifted once: parity(window & coeff) = parity(lo & coeff << sh) xor parity(hi &
+    coeff >> (64 - sh)); the second shift is done as ``(coeff >> 1) >> (63 - sh)``, which is 0
+    for sh = 0 (a shift by 64 would be undefined). Bits ``j >= t`` are garbage.
     """
+    sh = start & _SIXTY_THREE
+    c0 = coeff << sh
+    c1 = (coeff >> _ONE) >> (_SIXTY_THREE - sh)
+    ut = np.uint64(t)
+    if t <= 4:
+        return _PARITIES_4(words, first, first + ut, c0, c1)
+    if t <= 8:
+        return _PARITIES_8(words, first, first + ut, c0, c1)
+    return _PARITIES_16(words, first, first + ut, c0, c1)
+
+
+@numba.njit(cache=True, parallel=True)
+def _lookup_kernel(
+    positions, dense, lut, out, t, keys, num_starts, thresholds, threshold_offsets, word_offsets, words, bucket_shift
+):
+    """out[i] = lut[value(p_i)], p_i = i if ``dense`` else positions[i], for i < out.size.
+
+    Parallel over chunks of _CHUNK outputs; within a chunk, blocks of _BLOCK, layer by layer
+    (see above). ``idx`` holds the output indices still in play: all of the block for layer
+    0, then those the previous layer bumped. A layer's ``thresholds`` (one per bucket, 0 for
+    the last layer, which never bumps) say which start rows are bumped.
+    """
+    size = out.size
     tmask = (_ONE << np.uint64(t)) - _ONE
+    ut = np.uint64(t)
+    offset_mask = np.uint64((1 << bucket_shift) - 1)
+    shift = np.uint64(bucket_shift)
     n_layers = keys.size
-    ns0 = np.uint64(rows[0] - 63)
-    n_chunks = (size + _CHUNK - 1) // _CHUNK
-    for c in prange(n_chunks):
-        lo = c * _CHUNK
-        hi = min(size, lo + _CHUNK)
-        bumped = np.zeros(hi - lo, np.bool_)
-        for p in range(lo, hi):
-            start, coeff, mask = _hash(np.uint64(p), keys[0], ns0, tmask)
-            st = np.int64(start)
-            bumped[p - lo] = _bumped(st, 0, n_layers, code_offsets, codes, bucket_shift, meta_bits, levels)
-            out[p] = lut[(_read_value(words, 0, t, st, coeff) ^ mask) & tmask]
-        for i in range(hi - lo):
-            if bumped[i]:
-                p = lo + i
-                out[p] = lut[_lookup(np.uint64(p), 1, t, tmask, keys, rows, code_offsets, codes, word_offsets, words,
-                                     bucket_shift, meta_bits, levels)]
+    for chunk in prange((size + _CHUNK - 1) // _CHUNK):
+        chunk_end = min(size, (chunk + 1) * _CHUNK)
+        idx = np.empty(_BLOCK, np.int64)
+        starts = np.empty(_BLOCK, np.uint64)
+        coeffs = np.empty(_BLOCK, np.uint64)
+        masks = np.empty(_BLOCK, np.uint64)
+        for lo in range(chunk * _CHUNK, chunk_end, _BLOCK):
+            n = min(_BLOCK, chunk_end - lo)
+            for i in range(n):
+                idx[i] = lo + i
+            for layer in range(n_layers):
+                key = keys[layer]
+                ns = np.uint64(num_starts[layer])
+                base = np.uint64(word_offsets[layer])
+                thr_base = np.uint64(threshold_offsets[layer])
+                for i in range(n):  # hash: vectorized by the compiler
+                    p = np.uint64(idx[i]) if dense else np.uint64(positions[idx[i]])
+                    start, coeff, mask = _hash(p, key, ns, tmask)
+                    starts[i] = start
+                    coeffs[i] = coeff
+                    masks[i] = mask
+                kept = 0
+                for i in range(n):  # read the window, answer, keep the bumped (branch-free)
+                    start = starts[i]
+                    v = _window_parities(words, base + (start >> _SIX) * ut, t, start, coeffs[i])
+                    j = idx[i]
+                    out[j] = lut[(v ^ masks[i]) & tmask]
+                    idx[kept] = j
+                    kept += (start & offset_mask) < thresholds[thr_base + (start >> shift)]
+                n = kept
+                if n == 0:
+                    break
 
 
 @numba.njit(cache=True, parallel=True)
-def _empty_decode_range(size, lut, out, key, t):
+def _empty_lookup_kernel(positions, dense, lut, out, key, t):
+    """A table with no layers (no keys): out[i] = lut[mask of p_i], the layer-0 hash's low t bits."""
     tmask = (_ONE << np.uint64(t)) - _ONE
-    for p in prange(size):
-        out[p] = lut[mix64_jit(np.uint64(p) ^ key) & tmask]
-
-
-@numba.njit(cache=True, parallel=True)
-def _empty_query(positions, out, key, t):
-    tmask = (_ONE << np.uint64(t)) - _ONE
-    for i in prange(positions.size):
-        out[i] = np.uint16(mix64_jit(np.uint64(positions[i]) ^ key) & tmask)
+    for i in prange(out.size):
+        p = np.uint64(i) if dense else np.uint64(positions[i])
+        out[i] = lut[mix64_jit(p ^ key) & tmask]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,11 +601,8 @@ def ribbon_query(table: bytes, params: Mapping[str, Any], positions: np.ndarray)
         raise CorruptFileError(f"ribbon table has t = {parsed['t']} but its parameters say t = {params['t']}")
     positions = np.ascontiguousarray(positions, dtype=np.int64).ravel()
     out = np.empty(positions.size, dtype=np.uint16)
-    if not parsed["rows"].size:
-        _empty_query(positions, out, _empty_key(parsed), parsed["t"])
-        return out
-    _query(positions, out, *_kernel_args(parsed))
-    return out
+    identity = np.arange(1 << parsed["t"], dtype=np.uint16)  # the kernel maps values through a lut
+    return _lookup(parsed, positions, False, identity, out)
 
 
 def ribbon_decode_layer(table: bytes, lut: np.ndarray, size: int) -> np.ndarray:
@@ -604,12 +644,7 @@ def ribbon_decode_layer(table: bytes, lut: np.ndarray, size: int) -> np.ndarray:
     if size < 0:
         raise CorruptFileError(f"ribbon layer size {size} is negative")
     out = np.empty(size, dtype=np.float32)
-    if not parsed["rows"].size:
-        _empty_decode_range(size, lut, out, _empty_key(parsed), parsed["t"])
-        return out
-    args = _kernel_args(parsed)
-    _decode_range(size, lut, out, *args)
-    return out
+    return _lookup(parsed, np.zeros(0, np.int64), True, lut, out)
 
 
 def ribbon_filter_build(keys: np.ndarray, codes: np.ndarray, *, t: int, seed: int, ratio: float | None = None) -> tuple[dict, bytes]:
@@ -676,12 +711,16 @@ def ribbon_describe(table: bytes) -> dict[str, Any]:
 # helpers
 
 
-def _kernel_args(parsed):
-    return (
-        parsed["t"], parsed["keys"], parsed["rows"], parsed["code_offsets"], parsed["codes"],
-        parsed["word_offsets"], parsed["words"], parsed["bucket"].bit_length() - 1, parsed["meta_bits"],
-        parsed["levels"],
-    )
+def _lookup(parsed, positions: np.ndarray, dense: bool, lut: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Fill ``out[i] = lut[value(p_i)]`` (``p_i = i`` if ``dense`` else ``positions[i]``) and return it."""
+    if not parsed["rows"].size:
+        _empty_lookup_kernel(positions, dense, lut, out, _empty_key(parsed), parsed["t"])
+    else:
+        _lookup_kernel(
+            positions, dense, lut, out, parsed["t"], parsed["keys"], parsed["rows"] - (W - 1), parsed["thresholds"],
+            parsed["threshold_offsets"], parsed["word_offsets"], parsed["words"], parsed["bucket"].bit_length() - 1,
+        )
+    return out
 
 
 def _empty_key(parsed) -> np.uint64:
@@ -791,6 +830,20 @@ def _code_bytes(rows: int, bucket: int, meta_bits: int) -> int:
     return -(-n_buckets * meta_bits // 8)
 
 
+def _bucket_thresholds(codes: np.ndarray, n_buckets: int, meta_bits: int, levels: np.ndarray) -> np.ndarray:
+    """Unpack a layer's threshold codes into the threshold of each bucket (uint16).
+
+    ``codes`` are the layer's code bytes (bucket ``i`` in bits ``i*b .. i*b+b-1``, LSB first),
+    empty for the last layer, whose buckets never bump (threshold 0). Every ``b``-bit code
+    indexes ``levels``, which has exactly ``2**b`` entries, so nothing here can be out of range.
+    """
+    if not codes.size:
+        return np.zeros(n_buckets, np.uint16)
+    bits = np.arange(n_buckets, dtype=np.int64) * meta_bits
+    code = (codes[bits >> 3].astype(np.int64) >> (bits & 7)) & ((1 << meta_bits) - 1)
+    return levels[code].astype(np.uint16)
+
+
 def _parse(table: bytes) -> dict[str, Any]:
     """Check a table's header and lengths; views of its parts (nothing is trusted)."""
     if not isinstance(table, (bytes, bytearray, memoryview)):
@@ -835,20 +888,20 @@ def _parse(table: bytes) -> dict[str, Any]:
     expected = offset + sum(code_sizes) + sum(word_sizes)
     if len(table) != expected:
         raise CorruptFileError(f"ribbon table is {len(table)} bytes; its {n_layers} layers need exactly {expected}")
-    codes, words = [], []
-    code_offsets = np.zeros(max(n_layers, 1), np.int64)
+    thresholds, words = [], []
+    threshold_offsets = np.zeros(max(n_layers, 1), np.int64)
     word_offsets = np.zeros(max(n_layers, 1), np.int64)
-    code_pos = word_pos = 0
+    threshold_pos = word_pos = 0
     for i in range(n_layers):
-        code_offsets[i], word_offsets[i] = code_pos, word_pos
-        codes.append(np.frombuffer(table, dtype=np.uint8, count=code_sizes[i], offset=offset))
+        threshold_offsets[i], word_offsets[i] = threshold_pos, word_pos
+        n_buckets = -(-(int(rows[i]) - (W - 1)) // bucket)
+        codes = np.frombuffer(table, dtype=np.uint8, count=code_sizes[i], offset=offset)
+        thresholds.append(_bucket_thresholds(codes, n_buckets, meta_bits, levels))
         offset += code_sizes[i]
         words.append(np.frombuffer(table, dtype="<u8", count=word_sizes[i] // 8, offset=offset))
         offset += word_sizes[i]
-        code_pos += code_sizes[i]
+        threshold_pos += n_buckets
         word_pos += word_sizes[i] // 8
-    # every code indexes the levels: there are exactly 2**meta_bits of them
-    codes_arr = np.concatenate(codes) if codes else np.zeros(0, np.uint8)
     keys = np.array(
         [seed_key(ribbon_layer_seed(seed, i, int(tries[i]))) for i in range(n_layers)], dtype=np.uint64
     )
@@ -861,8 +914,8 @@ def _parse(table: bytes) -> dict[str, Any]:
         "rows": rows,
         "tries": tries,
         "keys": keys,
-        "codes": np.ascontiguousarray(codes_arr),
-        "code_offsets": code_offsets,
+        "thresholds": np.concatenate(thresholds) if thresholds else np.zeros(0, np.uint16),
+        "threshold_offsets": threshold_offsets,
         "words": np.concatenate(words + [np.zeros(_WORD_PAD, "<u8")]).astype(np.uint64),
         "word_offsets": word_offsets,
     }
