@@ -167,14 +167,10 @@ def test_payload_bit_flips_are_detected_or_harmless(stream):
 
 
 @pytest.mark.parametrize("shape,density", [((300, 784), 0.08), ((1, 1), 1.0), ((7, 9), 0.0), ((20, 30), 0.3)])
-def test_deep_codec_roundtrip_with_ans(shape, density):
+def test_deep_codec_roundtrip_with_ans(shape, density, sparse_layer):
     from weightcodec.codecs import deep
 
-    rng = np.random.default_rng(0)
-    codebook = np.linspace(-1, 1, 32, dtype=np.float32)
-    array = np.zeros(shape, np.float32)
-    mask = rng.random(shape) < density
-    array[mask] = codebook[rng.integers(0, 32, int(mask.sum()))]
+    array, mask = sparse_layer(shape, density, clusters=32, seed=0)
     encoded = deep.encode(array, entropy="ans")
     assert encoded.meta["entropy"] == "ans"
     np.testing.assert_array_equal(deep.decode(encoded.meta, encoded.sections, shape), array)

@@ -10,7 +10,6 @@ from weightcodec.codecs.bloomier import (
     bloomier_build,
     bloomier_decode_layer,
     bloomier_query,
-    bloomier_size,
     count_cells,
     pack_cells,
     peel,
@@ -19,41 +18,17 @@ from weightcodec.codecs.bloomier import (
 from weightcodec.errors import CorruptFileError, EncodeError
 
 
-def random_keys_values(n, clusters, rng, universe=2**40):
-    keys = np.unique(rng.integers(0, universe, size=n + n // 8 + 8))
-    keys = rng.permutation(keys)[:n]  # unsorted on purpose: the build must not rely on order
-    return keys, rng.integers(0, clusters, size=keys.size)
-
-
-@st.composite
-def build_cases(draw):
-    clusters = draw(st.integers(2, 256))
-    t = draw(st.integers(max(1, math.ceil(math.log2(clusters))), 16))
-    n = draw(st.integers(1, 3000))
-    return clusters, t, n, draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**32))
-
-
-@settings(max_examples=80, deadline=None)
-@given(build_cases())
-def test_every_stored_key_reads_back_exactly(case):
-    clusters, t, n, seed, data_seed = case
-    keys, values = random_keys_values(n, clusters, np.random.default_rng(data_seed))
-    table = bloomier_build(keys, values, t=t, seed=seed)
-    assert table.m == bloomier_size(keys.size)
-    np.testing.assert_array_equal(bloomier_query(table, keys), values)
-
-
 @pytest.mark.parametrize(
     "n, clusters, t", [(100_000, 256, 8), (100_000, 2, 16), (1_000_000, 32, 8), (1_000_000, 3, 2)]
 )
-def test_large_tables_read_back_exactly(n, clusters, t):
+def test_large_tables_read_back_exactly(n, clusters, t, random_keys_values):
     keys, values = random_keys_values(n, clusters, np.random.default_rng(n + t))
     table = bloomier_build(keys, values, t=t, seed=5)
     np.testing.assert_array_equal(bloomier_query(table, keys), values)
     assert table.m / n < 1.2301 + 32 / n
 
 
-def test_failed_peels_retry_with_the_next_seed():
+def test_failed_peels_retry_with_the_next_seed(random_keys_values):
     # At 1000 keys and ratio 1.23 about 9 % of seeds leave a 2-core: some start seeds must move on.
     keys, values = random_keys_values(1000, 16, np.random.default_rng(0))
     moved = 0
@@ -67,13 +42,13 @@ def test_failed_peels_retry_with_the_next_seed():
     assert moved > 0
 
 
-def test_ratio_below_threshold_gives_a_clear_error():
+def test_ratio_below_threshold_gives_a_clear_error(random_keys_values):
     keys, values = random_keys_values(20_000, 4, np.random.default_rng(1))
     with pytest.raises(EncodeError, match=r"no seed of 0\.\.2 peels; use ratio >= 1\.23"):
         bloomier_build(keys, values, t=8, ratio=1.0, max_tries=3)
 
 
-def test_build_is_deterministic_and_seed_dependent():
+def test_build_is_deterministic_and_seed_dependent(random_keys_values):
     keys, values = random_keys_values(5000, 8, np.random.default_rng(2))
     a = bloomier_build(keys, values, t=6, seed=11)
     b = bloomier_build(keys, values, t=6, seed=11)
@@ -90,7 +65,7 @@ def test_empty_key_set_gives_an_empty_table():
     assert not bloomier_decode_layer(table, lut, 100).any()
 
 
-def test_non_keys_are_uniform_over_t_bits():
+def test_non_keys_are_uniform_over_t_bits(random_keys_values):
     keys, values = random_keys_values(20_000, 4, np.random.default_rng(3), universe=2**20)
     table = bloomier_build(keys, values, t=6)
     others = np.setdiff1d(np.arange(2**20), keys)
@@ -155,16 +130,3 @@ def test_unpack_rejects_bad_length_and_padding():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(EncodeError, match=message):
         bloomier_build(np.array([1, 2]), np.array([0, 1]), **kwargs)
-
-
-def test_bad_keys_and_values_are_named():
-    with pytest.raises(EncodeError, match=r"keys must be unique; 1 repeat, e\.g\. \[4\]"):
-        bloomier_build(np.array([4, 1, 4]), np.array([0, 1, 0]), t=4)
-    with pytest.raises(EncodeError, match=r"values must lie in 0\.\.15 for t=4; got 0\.\.16"):
-        bloomier_build(np.array([1, 2]), np.array([0, 16]), t=4)
-    with pytest.raises(EncodeError, match=r"keys must lie in 0\.\.2\*\*63-1; got -1\.\.2"):
-        bloomier_build(np.array([-1, 2]), np.array([0, 1]), t=4)
-    with pytest.raises(EncodeError, match=r"keys of shape \(1, 2\)"):
-        bloomier_build(np.array([[1, 2]]), np.array([[0, 1]]), t=4)
-    with pytest.raises(EncodeError, match=r"values of shape \(1,\)"):
-        bloomier_build(np.array([1, 2]), np.array([0]), t=4)

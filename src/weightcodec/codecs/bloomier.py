@@ -70,7 +70,8 @@ import numba
 import numpy as np
 
 from ..errors import CorruptFileError, EncodeError
-from .hashing import K_HASHES, MAX_SEGMENT, MAX_T, cells_and_mask_jit, hash_positions, seed_key
+from .hashing import K_HASHES, MAX_SEGMENT, cells_and_mask_jit, hash_positions, seed_key
+from .retrieval import check_build_args, is_int
 
 __all__ = [
     "DEFAULT_RATIO",
@@ -91,7 +92,6 @@ __all__ = [
 DEFAULT_RATIO = 1.23  # just above the 3-hypergraph peeling threshold 1.2218
 SLACK_CELLS = 32  # extra cells so that small tables peel too (xor_singleheader uses 32)
 MAX_TRIES = 32  # seeds tried before giving up; at ratio >= 1.23 one try almost always suffices
-MAX_SEED = 2**64 - 1
 _CHUNK = 1 << 16  # positions per parallel work item in the query kernels
 
 
@@ -361,43 +361,14 @@ def unpack_cells(data: bytes, m: int, t: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- build
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _check_build_inputs(keys, values, t, seed, ratio, max_tries) -> tuple[np.ndarray, np.ndarray, int, int]:
-    keys = np.asarray(keys)
-    values = np.asarray(values)
+    """The shared checks (:func:`~weightcodec.codecs.retrieval.check_build_args`) plus ratio and max_tries."""
     problems = []
-    if not (_is_int(t) and 1 <= t <= MAX_T):
-        problems.append(f"t={t!r} (expected an int in 1..{MAX_T})")
-    if not (_is_int(seed) and 0 <= seed <= MAX_SEED):
-        problems.append(f"seed={seed!r} (expected an int in 0..2**64-1)")
     if not (isinstance(ratio, (int, float, np.number)) and math.isfinite(ratio) and ratio >= 1.0):
         problems.append(f"ratio={ratio!r} (expected a number >= 1; 1.23 peels reliably)")
-    if not (_is_int(max_tries) and max_tries >= 1):
+    if not (is_int(max_tries) and max_tries >= 1):
         problems.append(f"max_tries={max_tries!r} (expected an int >= 1)")
-    if keys.ndim != 1 or keys.dtype.kind not in "iu":
-        problems.append(f"keys of shape {keys.shape} and dtype {keys.dtype} (expected a 1-D integer array)")
-    elif values.shape != keys.shape or values.dtype.kind not in "iu":
-        problems.append(
-            f"values of shape {values.shape} and dtype {values.dtype} (expected integers, shape {keys.shape})"
-        )
-    if problems:
-        raise EncodeError("cannot build a Bloomier filter: bad " + "; ".join(problems))
-    if keys.size and (keys.min() < 0 or keys.max() >= 2**63):
-        raise EncodeError(f"keys must lie in 0..2**63-1; got {keys.min()}..{keys.max()}")
-    if values.size and (values.min() < 0 or values.max() >= 2**t):
-        raise EncodeError(f"values must lie in 0..{2**t - 1} for t={t}; got {values.min()}..{values.max()}")
-    keys = keys.astype(np.int64)
-    if keys.size > 1 and not (np.diff(keys) > 0).all():
-        unique, counts = np.unique(keys, return_counts=True)
-        repeated = unique[counts > 1]
-        if repeated.size:
-            raise EncodeError(
-                f"keys must be unique; {repeated.size} repeat, e.g. {repeated[:5].tolist()} (a key set cannot peel)"
-            )
-    return keys, values.astype(np.uint16), int(t), int(seed)
+    return check_build_args(keys, values, t, seed, structure="Bloomier filter", problems=problems)
 
 
 def bloomier_build(
@@ -418,7 +389,7 @@ def bloomier_build(
     Parameters
     ----------
     keys : numpy.ndarray of int, shape (n,)
-        Unique non-negative positions.
+        Unique positions, ``0 <= key < 2**62``, any order: the table depends on the set only.
     values : numpy.ndarray of int, shape (n,)
         Values to store, ``0 <= value < 2**t``.
     t : int
@@ -438,8 +409,8 @@ def bloomier_build(
     Raises
     ------
     EncodeError
-        On bad arguments, duplicate keys, values that do not fit in ``t`` bits, or when no
-        seed of the sequence peels (ratio too small).
+        On bad arguments (all listed, see :func:`~weightcodec.codecs.retrieval.check_build_args`),
+        or when no seed of the sequence peels (ratio too small).
 
     Examples
     --------

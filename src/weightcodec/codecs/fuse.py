@@ -61,7 +61,8 @@ import numpy as np
 
 from ..errors import CorruptFileError, EncodeError
 from .bloomier import assign_in_reverse, count_cells, pack_cells, peel, unpack_cells
-from .hashing import GAMMA, MAX_T, mix64, mix64_jit, seed_key
+from .hashing import GAMMA, mix64, mix64_jit, seed_key
+from .retrieval import MAX_SEED, check_build_args
 
 __all__ = [
     "MAX_SEGMENT_LENGTH",
@@ -82,7 +83,6 @@ MIN_FACTOR = 1.125  # cells per key for large n (peeling threshold of fuse graph
 MAX_TRIES = 64  # seeds tried before giving up
 TRIES_PER_SIZE = 8  # failed tries before the table grows by one segment (tiny key sets)
 MAX_CELLS = 1 << 32  # fastrange32 of the window start needs c * S < 2**32
-MAX_SEED = 2**64 - 1
 _CHUNK = 1 << 16  # positions per parallel work item in the query kernels
 
 _U24, _U32 = np.uint64(24), np.uint64(32)
@@ -208,7 +208,7 @@ def fuse_build(keys: np.ndarray, values: np.ndarray, *, t: int, seed: int = 0) -
     Parameters
     ----------
     keys : ndarray of int, shape (n,)
-        Unique non-negative positions, any order.
+        Unique positions, ``0 <= key < 2**62``, any order.
     values : ndarray of int, shape (n,)
         ``0 <= value < 2**t``.
     t : int
@@ -223,8 +223,8 @@ def fuse_build(keys: np.ndarray, values: np.ndarray, *, t: int, seed: int = 0) -
     Raises
     ------
     EncodeError
-        On bad arguments (the message lists all), duplicate keys, values that do not fit in
-        ``t`` bits, a layout over ``2**32`` cells, or no peel in :data:`MAX_TRIES` tries.
+        On bad arguments (all listed, see :func:`~weightcodec.codecs.retrieval.check_build_args`),
+        a layout over ``2**32`` cells, or no peel in :data:`MAX_TRIES` tries.
 
     Examples
     --------
@@ -232,7 +232,7 @@ def fuse_build(keys: np.ndarray, values: np.ndarray, *, t: int, seed: int = 0) -
     >>> fuse_query(table, np.array([3, 10, 42])).tolist()
     [0, 1, 2]
     """
-    keys, values, t, seed = _check_build_inputs(keys, values, t, seed)
+    keys, values, t, seed = check_build_args(keys, values, t, seed, structure="binary fuse table")
     n = keys.size
     dtype = np.uint8 if t <= 8 else np.uint16
     if n == 0:
@@ -369,33 +369,6 @@ def fuse_filter_decode(meta: Mapping[str, Any], table: bytes, lut: np.ndarray, s
         )
     cells = unpack_cells(table, m, t) if m else np.zeros(0, np.uint8 if t <= 8 else np.uint16)
     return fuse_decode_layer(FuseTable(cells, t, seed, segment), lut, size)
-
-
-def _check_build_inputs(keys, values, t, seed):
-    keys, values = np.asarray(keys), np.asarray(values)
-    problems = []
-    if not (isinstance(t, (int, np.integer)) and 1 <= t <= MAX_T):
-        problems.append(f"t={t!r} (expected an int in 1..{MAX_T})")
-    if not (isinstance(seed, (int, np.integer)) and 0 <= seed <= MAX_SEED):
-        problems.append(f"seed={seed!r} (expected an int in 0..2**64-1)")
-    if keys.ndim != 1 or (keys.size and keys.dtype.kind not in "iu"):
-        problems.append(f"keys of shape {keys.shape} and dtype {keys.dtype} (expected a 1-D integer array)")
-    elif values.shape != keys.shape or (values.size and values.dtype.kind not in "iu"):
-        problems.append(f"values of shape {values.shape} and dtype {values.dtype} (expected integers, shape {keys.shape})")
-    if problems:
-        raise EncodeError("cannot build a binary fuse table: bad " + "; ".join(problems))
-    keys, values = keys.astype(np.int64), values.astype(np.int64)
-    if keys.size and (keys.min() < 0):
-        raise EncodeError(f"keys must lie in 0..2**63-1; got minimum {keys.min()}")
-    if values.size and (values.min() < 0 or values.max() >= 2**t):
-        raise EncodeError(f"values must lie in 0..{2**t - 1} for t={t}; got {values.min()}..{values.max()}")
-    if keys.size > 1 and not (np.diff(keys) > 0).all():
-        order = np.argsort(keys, kind="stable")  # canonical order: the bytes depend on the set only
-        keys, values = keys[order], values[order]
-        repeated = np.unique(keys[1:][keys[1:] == keys[:-1]])
-        if repeated.size:
-            raise EncodeError(f"keys must be unique; {repeated.size} repeat, e.g. {repeated[:5].tolist()} (a key set cannot peel)")
-    return keys, values.astype(np.uint16), int(t), int(seed)
 
 
 # numpy twin of the kernel's hash, for readers of the module docstring and tests

@@ -90,7 +90,8 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
 from ..errors import CorruptFileError, EncodeError
-from .hashing import GAMMA, mix64_jit, seed_key
+from .hashing import GAMMA, MAX_T, mix64_jit, seed_key
+from .retrieval import check_build_args
 
 __all__ = [
     "W",
@@ -110,7 +111,6 @@ __all__ = [
 ]
 
 W = 64  # band width: one uint64 coefficient word per row
-MAX_T = 16  # values and masks are at most 16 bits (uint16)
 LOAD = 1.05  # keys per row of a bumping layer: overloaded on purpose, the excess is bumped
 BUCKET = 128  # start positions per bucket: B * t bits of table per META_BITS of metadata
 META_BITS = 2  # bits of threshold index per bucket (1, 2, 4 or 8: never straddles a byte)
@@ -128,7 +128,6 @@ _BLOCK = 1024  # positions hashed together, then read together: 4 scratch arrays
 # zero words after the last layer: a window read covers words first .. first + t + lanes - 1, where
 # first + t is at most the layer's end and lanes <= 16 (_window_parities), so no read leaves the array
 _WORD_PAD = 32
-MAX_KEY = 1 << 62  # positions are int64 >= 0; 2**62 leaves room for the dense-layer limit 2**40
 
 _HEADER = struct.Struct("<BBBBHBB Q")  # version, t, w, meta_bits, bucket, n_layers, n_levels, seed
 _LAYER = struct.Struct("<IB")  # rows m, try index
@@ -487,7 +486,7 @@ def ribbon_build(
     Parameters
     ----------
     keys : ndarray of int, shape (n,)
-        Distinct non-negative positions (int64), any order.
+        Unique positions, ``0 <= key < 2**62``, any order.
     values : ndarray of int, shape (n,)
         Values in ``[0, 2**t)`` (cluster codes).
     t : int
@@ -513,8 +512,8 @@ def ribbon_build(
     Raises
     ------
     EncodeError
-        On bad input (shape mismatch, duplicate or negative keys, values >= 2**t, t outside
-        1..16, bad tuning), or if the last layer fails :data:`MAX_TRIES` times (the message
+        On bad arguments (all listed, see :func:`~weightcodec.codecs.retrieval.check_build_args`),
+        bad tuning, or if the last layer fails :data:`MAX_TRIES` times (the message
         gives n and the seed; try another seed).
 
     Examples
@@ -524,7 +523,7 @@ def ribbon_build(
     >>> ribbon_query(table, params, keys).tolist()
     [1, 0, 7, 3]
     """
-    keys, values, t, seed = _check_build_args(keys, values, t, seed)
+    keys, values, t, seed = check_build_args(keys, values, t, seed, structure="ribbon table")
     if levels is None:
         levels = LEVELS if bucket == BUCKET and meta_bits == META_BITS else _default_levels(bucket, meta_bits)
     levels_arr = _check_tuning(load, bucket, meta_bits, levels)
@@ -726,46 +725,6 @@ def _lookup(parsed, positions: np.ndarray, dense: bool, lut: np.ndarray, out: np
 def _empty_key(parsed) -> np.uint64:
     """Hash key of a table with no layers (no keys): every position reads its layer-0 mask."""
     return np.uint64(seed_key(ribbon_layer_seed(parsed["seed"], 0, 0)))
-
-
-def _check_build_args(keys, values, t, seed):
-    problems = []
-    try:
-        t = int(t)
-    except (TypeError, ValueError):
-        raise EncodeError(f"ribbon t must be an int from 1 to {MAX_T}; got {t!r}") from None
-    if not 1 <= t <= MAX_T:
-        problems.append(f"t = {t} is outside 1..{MAX_T}")
-    if not 0 <= int(seed) < 2**64:
-        problems.append(f"seed = {seed} is outside [0, 2**64)")
-    keys = np.asarray(keys)
-    values = np.asarray(values)
-    if keys.ndim != 1 or values.ndim != 1 or keys.shape != values.shape:
-        problems.append(f"keys and values must be 1-D of equal length; got shapes {keys.shape} and {values.shape}")
-    elif keys.size:
-        if keys.dtype.kind not in "iu" or values.dtype.kind not in "iub":
-            problems.append(f"keys and values must be integers; got {keys.dtype} and {values.dtype}")
-        else:
-            keys = keys.astype(np.int64)
-            values = values.astype(np.int64)
-            bad = (keys < 0) | (keys >= MAX_KEY)
-            if bad.any():
-                problems.append(f"{int(bad.sum())} keys are outside [0, 2**62), first: {keys[bad][:5].tolist()}")
-            if 1 <= t <= MAX_T:
-                badv = (values < 0) | (values >= 1 << t)
-                if badv.any():
-                    problems.append(
-                        f"{int(badv.sum())} values are outside [0, 2**{t}), first: {values[badv][:5].tolist()}; raise t"
-                    )
-            if not np.all(keys[1:] > keys[:-1]):  # canonical order: the bytes depend on the set only
-                order = np.argsort(keys, kind="stable")
-                keys, values = keys[order], values[order]
-            dup = keys[1:][keys[1:] == keys[:-1]]
-            if dup.size:
-                problems.append(f"{dup.size} duplicate keys, first: {np.unique(dup)[:5].tolist()}")
-    if problems:
-        raise EncodeError("cannot build a ribbon table: " + "; ".join(problems))
-    return keys.astype(np.int64), values.astype(np.uint16), t, int(seed)
 
 
 def _default_levels(bucket: int, meta_bits: int) -> tuple[int, ...]:

@@ -29,6 +29,7 @@ from .base import Encoded
 from .bloomier import DEFAULT_RATIO, BloomierTable, bloomier_build, bloomier_decode_layer, pack_cells, unpack_cells
 from .fuse import fuse_filter_build, fuse_filter_decode
 from .hashing import K_HASHES, MAX_SEGMENT, MAX_T
+from .retrieval import MAX_SEED
 from .ribbon import ribbon_filter_build, ribbon_filter_decode
 
 __all__ = [
@@ -47,7 +48,6 @@ NAME = "weightless"
 SECTIONS = ("codebook", "table")
 CENTROID_DTYPE = np.dtype("<f4")
 BITS_PER_BYTE = 8
-MAX_SEED = 2**64 - 1
 
 
 class Filter(NamedTuple):
