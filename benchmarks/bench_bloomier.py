@@ -34,20 +34,15 @@ Writes ``benchmarks/results/bloomier.json`` and ``bloomier.md``. Run it on a qui
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import time
 from pathlib import Path
 
-import numba
 import numpy as np
+from _common import RESULTS, dense_write, machine, machine_line, synthetic_layer, timed, write_results
 
 from weightcodec import container
 from weightcodec.codecs import weightless
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LAYERS = [
     # name, shape, density, clusters, t, paper decode seconds on an i7-6700K
     ("LeNet-300-100 FC-0", (784, 300), 0.08, 32, 8, 0.52),
@@ -55,17 +50,6 @@ LAYERS = [
     ("VGG-16 FC-6", (25088, 4096), 0.04, 32, 8, 22.8),
 ]
 GOALS = {"decode_s": 2.0, "encode_s": 30.0, "peak_rss_bytes": 4 * 2**30}  # VGG-16 FC-6, from issue 3
-
-
-def synthetic_layer(shape: tuple[int, int], density: float, clusters: int, seed: int) -> np.ndarray:
-    """A pruned, clustered float32 layer with exactly ``round(density * size)`` non-zeros."""
-    rng = np.random.default_rng(seed)
-    size = shape[0] * shape[1]
-    positions = rng.choice(size, size=round(density * size), replace=False)
-    centroids = np.sort(rng.uniform(0.01, 0.2, clusters) * rng.choice([-1.0, 1.0], clusters)).astype(np.float32)
-    layer = np.zeros(size, dtype=np.float32)
-    layer[positions] = centroids[rng.integers(0, clusters, positions.size)]
-    return layer.reshape(shape)
 
 
 def rss_bytes(field: str) -> int:
@@ -82,17 +66,9 @@ def measured(step):
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset VmHWM to the current RSS
     before = rss_bytes("VmRSS")
-    start = time.perf_counter()
-    result = step()
-    seconds = time.perf_counter() - start
+    result, seconds = timed(step)
     peak = rss_bytes("VmHWM")
     return result, seconds, peak, peak - before
-
-
-def dense_write(size: int) -> np.ndarray:
-    out = np.empty(size, dtype=np.float32)
-    out[:] = 0
-    return out
 
 
 def bench_layer(name, shape, density, clusters, t, paper_s, repeat: int) -> dict:
@@ -148,29 +124,13 @@ def bench_layer(name, shape, density, clusters, t, paper_s, repeat: int) -> dict
     }
 
 
-def machine() -> dict:
-    with open("/proc/cpuinfo") as fh:
-        cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "?")
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "numba_threads": numba.get_num_threads(),
-        "load_average_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "memory_measure": "VmHWM from /proc/self/status, reset through /proc/self/clear_refs before each step",
-    }
-
-
 def markdown(report: dict) -> str:
     rows = report["layers"]
     m = report["machine"]
     lines = [
         "# Bloomier filter (weightless codec) at scale",
         "",
-        f"Machine: {m['cpu']}, {m['cpus']} CPUs ({m['numba_threads']} numba threads), load average at start "
-        f"{m['load_average_at_start'][0]:.2f}; Python {m['python']}, NumPy {m['numpy']}, numba {m['numba']}. "
+        f"{machine_line(m)} "
         f"Synthetic layers (uniform random positions, codes uniform over K centroids), k = 3, ratio 1.23. "
         f"Written by `benchmarks/bench_bloomier.py`.",
         "",
@@ -247,15 +207,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="warm decodes per layer (default 5)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for bloomier.json and bloomier.md")
     args = parser.parse_args()
-    report = {"machine": machine(), "layers": []}
+    memory = "VmHWM from /proc/self/status, reset through /proc/self/clear_refs before each step"
+    report = {"machine": machine(memory_measure=memory), "layers": []}
     for spec in LAYERS:
         row = bench_layer(*spec, repeat=args.repeat)
         print(f"{row['layer']}: encode {row['encode_s']:.3f} s, decode {row['decode_s']:.3f} s "
               f"(floor {row['dense_write_s']:.3f} s), {row['bits_per_nonzero']:.3f} bits/non-zero", flush=True)
         report["layers"].append(row)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bloomier.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "bloomier.md").write_text(markdown(report))
+    write_results("bloomier", report, markdown(report), args.out)
 
 
 if __name__ == "__main__":

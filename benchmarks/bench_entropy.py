@@ -23,20 +23,16 @@ Writes ``benchmarks/results/entropy.json`` and ``entropy.md``::
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import time
-from pathlib import Path
+from importlib.metadata import version
 
 import numpy as np
+from _common import machine, machine_line, timed, write_results
 
 from weightcodec.codecs import deep
 from weightcodec.codecs.ans import ans_encode, ans_header_bytes
 from weightcodec.codecs.huffman import entropy_bits, huffman_encode
 from weightcodec.codecs.sparse_index import gaps_with_fillers
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # (name, shape, density, clusters); densities from Han et al. 2016, Tables 2 and 3
 SYNTHETIC = [
     ("LeNet-300-100 fc1 (synthetic)", (300, 784), 0.08, 32),
@@ -105,12 +101,8 @@ def streams(layer: np.ndarray) -> tuple[int, dict[str, np.ndarray]]:
 
 def bench_stream(symbols: np.ndarray) -> dict:
     h = entropy_bits(symbols)
-    start = time.perf_counter()
-    huff = huffman_encode(symbols)
-    huff_s = time.perf_counter() - start
-    start = time.perf_counter()
-    ans = ans_encode(symbols)
-    ans_s = time.perf_counter() - start
+    huff, huff_s = timed(lambda: huffman_encode(symbols))
+    ans, ans_s = timed(lambda: ans_encode(symbols))
     header = ans_header_bytes(ans, symbols.size)
     bound = h / 8
     return {
@@ -148,9 +140,10 @@ def markdown(report: dict) -> str:
     lines = [
         "# Entropy coding of the deep codec's streams: Huffman vs ANS vs the empirical entropy",
         "",
-        f"Written by `benchmarks/bench_entropy.py` (Python {m['python']}, NumPy {m['numpy']}, constriction "
-        f"{m['constriction']}). Overheads are over the order-0 empirical entropy of the stream; ANS bytes "
-        "include its model header (also shown alone), Huffman bytes its code table.",
+        f"Written by `benchmarks/bench_entropy.py`. {machine_line(m)} constriction {m['constriction']}.",
+        "",
+        "Overheads are over the order-0 empirical entropy of the stream; ANS bytes include its model header "
+        "(also shown alone), Huffman bytes its code table.",
         "",
         "| layer | stream | symbols | distinct | entropy B | Huffman B | Huffman over | ANS B | ANS header B | "
         "ANS over | ANS over w/o header |",
@@ -190,23 +183,14 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
-    import constriction
-
     layers = real_lenet300() + [
         (name, synthetic_layer(shape, density, k, seed=i)) for i, (name, shape, density, k) in enumerate(SYNTHETIC)
     ]
     report = {
-        "machine": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "constriction": getattr(constriction, "__version__", "0.x"),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine(constriction=version("constriction")),
         "layers": [bench_layer(name, layer) for name, layer in layers],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "entropy.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS / "entropy.md").write_text(markdown(report))
+    write_results("entropy", report, markdown(report))
     print(markdown(report))
 
 
