@@ -1,20 +1,24 @@
 """Weightless (Reagen et al., ICML 2018): a pruned, clustered layer stored lossily in a retrieval filter.
 
 The non-zero weights' linear positions (C order) are the keys and their cluster codes the
-values of a static function, by default a Bloomier filter (:mod:`~weightcodec.codecs.bloomier`).
-No position is stored: a layer is decoded by querying *every* position, and a query returns
+values of a static function: by default a bumped ribbon (:mod:`~weightcodec.codecs.ribbon`), or
+the paper's Bloomier filter (:mod:`~weightcodec.codecs.bloomier`) or a binary fuse table
+(:mod:`~weightcodec.codecs.fuse`), chosen with ``filter``. No position is stored: a layer is decoded by querying *every* position, and a query returns
 a t-bit value that is a code below ``K`` (a weight) or anything else (a zero)::
 
     layer (3 x 4)         keys = non-zero positions   values = codes      codebook
     [ 0  .7  0   0 ]      1, 7, 8                      1, 0, 1             [-.2, .7]
-    [ 0   0  0 -.2 ]  ->                            -> filter of m = 1.23 n + 32 cells of t bits
+    [ 0   0  0 -.2 ]  ->                            -> filter of about 1.01 n t bits (ribbon)
     [.7   0  0   0 ]
     decode: for every position p, v = query(p); weight = codebook[v] if v < K else 0
 
 Stored weights come back exactly; each zero position comes back non-zero (a false positive,
 set to a uniformly random centroid) with probability ``K / 2**t``. Weightless retrains the
-layers after an encoded one to absorb them. The cost is about ``1.23 * t`` bits per non-zero
-and does not depend on how sparse the layer is. Byte layouts: ``docs/codecs/weightless.md``.
+layers after an encoded one to absorb them. The cost does not depend on how sparse the layer
+is: about ``1.003 * t`` to ``1.015 * t`` bits per non-zero for the ribbon from about a thousand
+non-zeros up (below that its fixed ~30-byte header and minimum size make the Bloomier filter's
+``1.23 * t`` bits + 32 cells smaller), ``1.13 * t`` to ``1.25 * t`` for the fuse layout
+(``benchmarks/results/retrieval.md``). Byte layouts: ``docs/codecs/weightless.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "NAME",
     "Filter",
     "FILTERS",
+    "DEFAULT_FILTER",
     "encode",
     "decode",
     "describe",
@@ -82,6 +87,9 @@ def _bloomier_decode(meta: Mapping, table: bytes, lut: np.ndarray, size: int) ->
     return bloomier_decode_layer(BloomierTable(unpack_cells(table, m, t), t, seed), lut, size)
 
 
+# The smallest on the layers that dominate a model's size (benchmarks/results/retrieval.md:
+# 1.003-1.014 t bits per non-zero against Bloomier's 1.23 t), at ~1.2x Bloomier's decode time.
+DEFAULT_FILTER = "ribbon"
 FILTERS: dict[str, Filter] = {
     "bloomier": Filter(_bloomier_build, _bloomier_decode),
     "fuse": Filter(fuse_filter_build, fuse_filter_decode),  # binary fuse layout, docs/codecs/fuse.md
@@ -90,7 +98,7 @@ FILTERS: dict[str, Filter] = {
 
 
 def encode(
-    array: np.ndarray, *, t: int, seed: int = 0, ratio: float = DEFAULT_RATIO, filter: str = "bloomier"
+    array: np.ndarray, *, t: int, seed: int = 0, ratio: float = DEFAULT_RATIO, filter: str = DEFAULT_FILTER
 ) -> Encoded:
     """Store a pruned, clustered float32 array in a retrieval filter of t-bit cells.
 
@@ -104,16 +112,19 @@ def encode(
     seed : int, optional
         First hash seed tried, ``0 <= seed < 2**64``; the one that builds is stored.
     ratio : float, optional
-        Filter cells per non-zero (Bloomier: 1.23 peels reliably).
+        Bloomier filter cells per non-zero (1.23 peels reliably); the ribbon and fuse layouts
+        size themselves and ignore it.
     filter : str, optional
-        Retrieval structure, a key of :data:`FILTERS`.
+        Retrieval structure, a key of :data:`FILTERS`. The default, ``"ribbon"``, is the
+        smallest on layers of more than about a thousand non-zeros (``"bloomier"`` is the paper's).
 
     Returns
     -------
     Encoded
         Sections ``codebook`` (K float32, ascending) and ``table``; ``meta`` holds
-        ``filter``, ``t``, ``K``, ``n`` (non-zeros) and the filter's own parameters (Bloomier:
-        ``m``, ``k``, ``seed``). Equal input and seed give equal bytes.
+        ``filter``, ``t``, ``K``, ``n`` (non-zeros) and the filter's own parameters (ribbon:
+        ``seed``, ``m`` rows; Bloomier: ``m`` cells, ``k``, ``seed``). Equal input and seed give
+        equal bytes.
 
     Raises
     ------
@@ -126,9 +137,11 @@ def encode(
     >>> w = np.array([[0, 0.5, 0], [0, 0, -0.25]], dtype=np.float32)
     >>> e = encode(w, t=8)
     >>> e.meta
-    {'filter': 'bloomier', 't': 8, 'K': 2, 'n': 2, 'm': 36, 'k': 3, 'seed': 0}
+    {'filter': 'ribbon', 't': 8, 'K': 2, 'n': 2, 'seed': 0, 'm': 128}
     >>> decode(e.meta, e.sections, w.shape)[w != 0].tolist()
     [0.5, -0.25]
+    >>> encode(w, t=8, filter="bloomier").meta
+    {'filter': 'bloomier', 't': 8, 'K': 2, 'n': 2, 'm': 36, 'k': 3, 'seed': 0}
     """
     ops = _filter(filter, EncodeError)
     t = _check_t(t)
@@ -206,7 +219,7 @@ def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...
 
     Examples
     --------
-    >>> e = encode(np.eye(4, dtype=np.float32), t=8)
+    >>> e = encode(np.eye(4, dtype=np.float32), t=8, filter="bloomier")
     >>> d = describe(e.meta, e.sections, (4, 4))
     >>> d["n"], d["m"], d["clusters"], d["section_bytes"]
     (4, 39, 1, {'codebook': 4, 'table': 39})
