@@ -140,9 +140,8 @@ def test_sweep_retrains_only_later_layers_around_what_the_filter_decodes():
     loader = ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True)
     splits = weightless.Splits(ArrayLoader(mnist.x_valid, mnist.y_valid, batch_size=64),
                                ArrayLoader(mnist.x_test, mnist.y_test, batch_size=64))  # fmt: skip
-    settings = _tiny_settings(t_values=(1, 4, 8))  # t = 1 cannot hold K = 4 codes: skipped
-    points, kept = weightless.sweep_t(model, "fc1.weight", settings, loader, splits, progress=False)
-    assert [(p.filter, p.t) for p in points] == [("bloomier", 4), ("bloomier", 8), ("ribbon", 4), ("ribbon", 8)]
+    points, kept = weightless.sweep_t(model, "fc1.weight", (1, 4, 8), TINY, loader, splits, progress=False)
+    assert [(p.filter, p.t) for p in points] == [("bloomier", 4), ("bloomier", 8)]  # t = 1 cannot hold K = 4 codes
     assert all(torch.equal(model.state_dict()[n], start[n]) for n in start), "the model is left as it came"
     for point in points:
         assert point.expected_false_positives == pytest.approx(int((start["fc1.weight"] == 0).sum()) * 4 / 2**point.t)
@@ -153,7 +152,7 @@ def test_sweep_retrains_only_later_layers_around_what_the_filter_decodes():
         assert torch.equal(state["fc1.weight"], weightless.decode_layer(record))
         assert torch.equal(state["fc1.bias"], start["fc1.bias"])
         assert not torch.equal(state["fc2.weight"], start["fc2.weight"])
-        point = next(p for p in points if p.filter == "bloomier" and p.t == t)
+        point = next(p for p in points if p.t == t)
         assert record.nbytes == point.bytes
         restored = build_model("lenet300")
         restored.load_state_dict(state)
@@ -214,19 +213,31 @@ def _check_result(result: dict, wcz_path, mnist: Mnist, model_name: str) -> None
     assert layer["n"] + layer["false_positives"] == np.count_nonzero(stored)
     assert layer["K"] == len(np.unique(stored[stored != 0])) and layer["t"] == record.encoded.meta["t"]
     [stage] = [s for s in result["stages"] if s["method"] == "weightless"]
-    assert layer["t"] == stage["chosen_t"][layer["filter"]]
+    assert layer["t"] == stage["chosen_t"] and layer["filter"] == "bloomier"
+    [alternative] = stage["alternatives"]
+    assert (alternative["filter"], alternative["t"]) == ("ribbon", layer["t"])
+    assert {(e["filter"], e["t"]) for e in stage["encodings"]} >= {(p["filter"], p["t"]) for p in stage["sweep"]}
     assert {r.name: r.encoded.codec for r in wcz.records if r.name != "fc1.weight" and r.name.endswith("weight")} == {
         "fc2.weight": "deep", "fc3.weight": "deep"
     }
 
 
-def test_run_on_toy_data_writes_the_model_it_measured(tmp_path, monkeypatch):
-    monkeypatch.setenv("WEIGHTCODEC_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """One whole run on toy data (its baseline cached in a private folder): result, file, data."""
+    folder = tmp_path_factory.mktemp("toy")
     mnist = _toy_mnist()
-    result = weightless.run("lenet300", mnist, _tiny_settings(), tmp_path / "m.wcz", progress=False)
-    _check_result(result, tmp_path / "m.wcz", mnist, "lenet300")
-    json.dumps(result)  # everything is JSON-able
-    paths = plots.weightless_figures(result, tmp_path / "weightless-toy")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WEIGHTCODEC_CACHE", str(folder / "cache"))
+        result = weightless.run("lenet300", mnist, _tiny_settings(), folder / "m.wcz", progress=False)
+    return result, folder, mnist
+
+
+def test_run_on_toy_data_writes_the_model_it_measured(toy_run):
+    result, folder, mnist = toy_run
+    _check_result(result, folder / "m.wcz", mnist, "lenet300")
+    assert json.loads(json.dumps(result)) == result  # JSON-able, and read back equal
+    paths = plots.weightless_figures(result, folder / "weightless-toy")
     assert [p.name for p in paths] == [
         "weightless-toy-error-vs-t.png", "weightless-toy-bytes-vs-t.png",
         "weightless-toy-false-positives-vs-t.png", "weightless-toy-fc1-histogram.png",
@@ -234,9 +245,8 @@ def test_run_on_toy_data_writes_the_model_it_measured(tmp_path, monkeypatch):
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
 
 
-def test_markdown_report_from_results(tmp_path, monkeypatch):
-    monkeypatch.setenv("WEIGHTCODEC_CACHE", str(tmp_path / "cache"))
-    result = weightless.run("lenet300", _toy_mnist(), _tiny_settings(), tmp_path / "m.wcz", progress=False)
+def test_markdown_report_from_results(toy_run, tmp_path):
+    result = toy_run[0]
     (tmp_path / "reproduce-lenet300-weightless.json").write_text(json.dumps(result))
     deep = {"test_error": 1.5, "file_bytes": 30000, "ratio": 35.5, "layers": [{"name": "fc1.weight", "bytes": 20000}]}
     (tmp_path / "reproduce-lenet300-deep.json").write_text(json.dumps(deep))
@@ -244,8 +254,10 @@ def test_markdown_report_from_results(tmp_path, monkeypatch):
     layer = result["encoded_layers"][0]
     assert f"| {layer['bytes']} |" in text and f"| {20000 / layer['bytes']:.2f}x |" in text
     assert "| lenet300 |" in text and "| 1.50 |" in text and "496x" in text
+    assert f"(target <= 1.55: {'met' if result['test_error'] <= 1.55 else 'not met'})" in text
+    assert text.count("| ribbon |") == 1 and "### lenet300 fc1.weight: chosen t = " in text
     with pytest.raises(WeightcodecError, match="no reproduce-<model>-weightless.json"):
-        weightless.write_markdown(tmp_path / "cache")
+        weightless.write_markdown(tmp_path / "nothing")
 
 
 @pytest.mark.slow

@@ -3,8 +3,9 @@
 :func:`weightless_figures` draws, from what :func:`.weightless.run` returns:
 
 * ``<prefix>-error-vs-t.png``: validation error right after encoding (before retraining) and
-  validation and test error after retraining the later layers, against ``t``, per filter; the
-  dense baseline and the chosen ``t`` are marked;
+  validation and test error after retraining the later layers, against ``t``, for the stored
+  filter; the other filters at the chosen ``t``; the dense baseline, the reference ``t`` is held
+  to and the chosen ``t`` marked;
 * ``<prefix>-bytes-vs-t.png``: the encoded layer's bytes against ``t``, per filter, with the deep
   codec's bytes for the same weights as a horizontal line;
 * ``<prefix>-false-positives-vs-t.png``: measured and expected (``zeros * K / 2**t``) false
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..container import atomic_write_bytes
+from .weightless import by_filter
 
 __all__ = ["weightless_figures", "plot_error_vs_t", "plot_bytes_vs_t", "plot_false_positives_vs_t", "plot_histogram"]
 
@@ -52,8 +54,7 @@ def weightless_figures(result: dict, prefix: str | Path) -> list[Path]:
     for stage in encoded:
         layer = stage["names"][0].removesuffix(".weight")
         stem = f"{prefix}-{layer}" if len(encoded) > 1 else str(prefix)
-        reference = result["baseline_valid_error"]
-        paths.append(_save(plot_error_vs_t(stage, reference), Path(f"{stem}-error-vs-t.png")))
+        paths.append(_save(plot_error_vs_t(stage, result["baseline_valid_error"]), Path(f"{stem}-error-vs-t.png")))
         paths.append(_save(plot_bytes_vs_t(stage), Path(f"{stem}-bytes-vs-t.png")))
         paths.append(_save(plot_false_positives_vs_t(stage), Path(f"{stem}-false-positives-vs-t.png")))
     for stage in encoded:
@@ -71,35 +72,34 @@ def _pyplot():
     return plt
 
 
-def _by_filter(stage: dict) -> dict[str, list[dict]]:
-    series: dict[str, list[dict]] = {}
-    for point in stage["sweep"]:
-        series.setdefault(point["filter"], []).append(point)
-    return {name: sorted(points, key=lambda p: p["t"]) for name, points in series.items()}
-
-
 def _column(points: Iterable[dict], key: str) -> list:
     return [p[key] for p in points]
 
 
-def plot_error_vs_t(stage: dict, reference: float):
-    """Error (percent) against ``t`` for one encoded layer's sweep; returns the matplotlib Figure."""
+def plot_error_vs_t(stage: dict, baseline: float):
+    """Error (percent) against ``t`` for one encoded layer's sweep; returns the matplotlib Figure.
+
+    Lines: the stored filter's sweep; markers: the other filters, retrained at the chosen ``t``.
+    """
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=FIGSIZE)
-    for name, points in _by_filter(stage).items():
-        t = _column(points, "t")
-        marker = MARKERS.get(name, "x")
-        axes.plot(t, _column(points, "valid_error_encoded"), marker=marker, linestyle=":", label=f"{name}: valid, encoded")
-        axes.plot(t, _column(points, "valid_error"), marker=marker, label=f"{name}: valid, retrained")
-        axes.plot(t, _column(points, "test_error"), marker=marker, linestyle="--", label=f"{name}: test, retrained")
-    axes.axhline(reference, color="gray", linewidth=0.8, label="dense baseline (valid)")
-    for name, t in stage["chosen_t"].items():
-        axes.axvline(t, color="gray", linestyle=":", linewidth=0.8)
-        axes.annotate(f"{name} t={t}", (t, axes.get_ylim()[1]), fontsize="x-small", rotation=90, va="top")
+    points = sorted(stage["sweep"], key=lambda p: p["t"])
+    name = points[0]["filter"] if points else ""
+    t = _column(points, "t")
+    axes.plot(t, _column(points, "valid_error_encoded"), marker="o", linestyle=":", label=f"{name}: valid, before retraining")
+    axes.plot(t, _column(points, "valid_error"), marker="o", label=f"{name}: valid, retrained")
+    axes.plot(t, _column(points, "test_error"), marker="o", linestyle="--", label=f"{name}: test, retrained")
+    for point in stage["alternatives"]:
+        axes.plot([point["t"]], [point["test_error"]], marker=MARKERS.get(point["filter"], "x"), linestyle="none",
+                  label=f"{point['filter']}: test, retrained at t={point['t']}")  # fmt: skip
+    axes.axhline(baseline, color="black", linewidth=0.8, label="dense baseline (valid)")
+    axes.axhline(stage["reference_valid_error"], color="gray", linewidth=0.8, label="reference for t (valid)")
+    axes.axhline(stage["clustered"]["test_error"], color="gray", linestyle="--", linewidth=0.8, label="before encoding (test)")
+    axes.axvline(stage["chosen_t"], color="gray", linestyle=":", linewidth=0.8)
     axes.set_yscale("log")
     axes.set_xlabel("t (bits per cell)")
     axes.set_ylabel("error (%)")
-    axes.set_title(f"{stage['names'][0]}: error vs t", fontsize="medium")
+    axes.set_title(f"{stage['names'][0]}: error vs t (chosen t = {stage['chosen_t']})", fontsize="medium")
     axes.legend(fontsize="x-small")
     return figure
 
@@ -108,11 +108,12 @@ def plot_bytes_vs_t(stage: dict):
     """Encoded bytes of the layer against ``t``, per filter, with the deep codec's bytes."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=FIGSIZE)
-    for name, points in _by_filter(stage).items():
+    for name, points in by_filter(stage["encodings"]).items():
         axes.plot(_column(points, "t"), _column(points, "bytes"), marker=MARKERS.get(name, "x"), label=f"weightless, {name}")
     for coder, nbytes in stage["deep_codec_bytes"].items():
         axes.axhline(nbytes, linestyle="--", linewidth=0.8, color="tab:red" if coder == "huffman" else "tab:purple",
                      label=f"deep codec ({coder}), same weights")  # fmt: skip
+    axes.axvline(stage["chosen_t"], color="gray", linestyle=":", linewidth=0.8)
     axes.set_xlabel("t (bits per cell)")
     axes.set_ylabel("bytes")
     axes.set_title(f"{stage['names'][0]}: bytes vs t", fontsize="medium")
@@ -124,12 +125,12 @@ def plot_false_positives_vs_t(stage: dict):
     """Measured and expected false positives against ``t`` (log scale)."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=FIGSIZE)
-    for name, points in _by_filter(stage).items():
-        t = _column(points, "t")
-        axes.plot(t, [max(v, 0.5) for v in _column(points, "false_positives")], marker=MARKERS.get(name, "x"),
-                  label=f"{name}: measured")  # fmt: skip
-    expected = {p["t"]: p["expected_false_positives"] for p in stage["sweep"]}
+    for name, points in by_filter(stage["encodings"]).items():
+        axes.plot(_column(points, "t"), [max(v, 0.5) for v in _column(points, "false_positives")],
+                  marker=MARKERS.get(name, "x"), label=f"{name}: measured")  # fmt: skip
+    expected = {p["t"]: p["expected_false_positives"] for p in stage["encodings"]}
     axes.plot(sorted(expected), [expected[t] for t in sorted(expected)], color="black", linestyle=":", label="zeros * K / 2^t")
+    axes.axvline(stage["chosen_t"], color="gray", linestyle=":", linewidth=0.8)
     axes.set_yscale("log")
     axes.set_xlabel("t (bits per cell)")
     axes.set_ylabel("false positives (zeros decoded non-zero)")
