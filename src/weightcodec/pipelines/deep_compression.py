@@ -20,8 +20,18 @@
 4. **Decode and evaluate**: the test error reported is the one of the model rebuilt from the file.
 
 The per-model settings (:data:`SETTINGS`) follow the paper's bit widths (LeNet-300-100: 6 bits
-everywhere; LeNet-5: 8 bits conv, 5 bits FC). Their sparsities are our own, at or beyond the
-densities of Han's tables; every figure that matters is written to the result.
+everywhere; LeNet-5: 8 bits conv, 5 bits FC). The rest is our own and differs from the paper:
+
+* sparsities at or beyond the densities of Han's tables (fc1 is pruned to 5 % instead of 8 %);
+* cosine learning-rate decay, and retraining at 2/5 of the baseline rate rather than 1/10
+  (with few epochs per round, 1/10 recovered less of the error in our trials);
+* **data augmentation**: every training stage sees each image translated by a random 0..2
+  pixels along each axis (``TrainConfig.shift``). Caffe's LeNets were trained without it, so our
+  baselines are better than the paper's (the ratio is unaffected).
+* the relative-index width is chosen per layer by the codec (``index_bits="auto"``, the
+  smallest file) instead of the tables' fixed 5 bits.
+
+Every figure that matters, and the settings themselves, are written to the result.
 """
 
 from __future__ import annotations
@@ -118,7 +128,7 @@ SETTINGS: dict[str, DeepSettings] = {
         finetune=TrainConfig(epochs=2, lr=1e-4, optimizer="adam", weight_decay=0.0, batch_size=64, shift=2),
     ),
     "lenet5": DeepSettings(
-        baseline=TrainConfig(epochs=15, lr=0.05, weight_decay=5e-4, batch_size=128),
+        baseline=TrainConfig(epochs=15, lr=0.05, weight_decay=5e-4, batch_size=128, shift=2),
         layers={
             "conv1.weight": LayerPlan(sparsity=0.34, bits=8),
             "conv2.weight": LayerPlan(sparsity=0.88, bits=8),
@@ -126,8 +136,8 @@ SETTINGS: dict[str, DeepSettings] = {
             "fc2.weight": LayerPlan(sparsity=0.81, bits=5),
         },
         prune_rounds=3,
-        retrain=TrainConfig(epochs=3, lr=0.005, weight_decay=5e-4, batch_size=128),
-        finetune=TrainConfig(epochs=2, lr=1e-4, optimizer="adam", weight_decay=0.0, batch_size=128),
+        retrain=TrainConfig(epochs=5, lr=0.02, weight_decay=5e-4, batch_size=128, shift=2),
+        finetune=TrainConfig(epochs=1, lr=1e-4, optimizer="adam", weight_decay=0.0, batch_size=128, shift=2),
     ),
 }
 
