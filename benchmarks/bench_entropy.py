@@ -1,20 +1,26 @@
-"""Huffman vs rANS vs the empirical entropy on the deep codec's two streams (gaps, codes).
+"""Huffman vs rANS vs the empirical entropy on the deep codec's streams of the real LeNet layers.
 
-For every layer the deep codec's streams are built exactly as :func:`weightcodec.codecs.deep.encode`
-builds them (its chosen ``index_bits``, relative gaps with fillers, filler code ``K``), then
-coded by each entropy coder. Reported per stream: symbols, order-0 empirical entropy (the
-bound for any per-symbol code with a static model), Huffman bytes (code table included), ANS
-bytes (model header included) and ANS header bytes separately, and each coder's overhead
-over the entropy; per layer, the whole deep-codec tensor (codebook included) with each coder.
+The layers are those of the committed Deep Compression results,
+``benchmarks/results/reproduce-lenet300-deep.wcz`` and ``reproduce-lenet5-deep.wcz``: the pruned,
+clustered (and retrained) LeNet-300-100 and LeNet-5 weights our deep pipeline wrote, decoded with
+the package's own reader. For every layer the deep codec's two streams (relative gaps with
+fillers, and cluster codes with the filler code ``K``) are rebuilt exactly as
+:func:`weightcodec.codecs.deep.encode` builds them, at the index width the deep codec picks when it
+codes them with ANS (re-encoding with Huffman reproduces the committed file's sections byte for
+byte, which the script checks). Each stream is then coded by
 
-Layers:
+* Huffman (code table included),
+* ANS as it is now (``ans_encode``: the count model or the binned model, whichever is shorter),
+* ANS with the count model only (``model="counts"``: the stream ``ans_encode`` wrote before the
+  binned model existed, byte for byte),
 
-* **real LeNet-300-100** (when a trained checkpoint is in the weightcodec cache, as
-  ``lenet300-*.pt``): the trained weights pruned by magnitude to Deep Compression's densities
-  (8 %, 9 %, 26 %) and clustered by 1-D k-means to 32 centroids; no retraining, so the
-  *streams* are realistic (real magnitude structure), not the accuracy;
-* **synthetic LeNet-like** layers of both LeNets at the paper's densities (uniform random
-  positions, Laplace-distributed weights clustered to K centroids: 256 for conv, 32 for FC).
+and reported against its order-0 empirical entropy: symbols, distinct symbols, entropy, bytes,
+model-header bytes, overhead with and without the header, and the NML regret (the least
+overhead any order-0 code can guarantee for that many symbols over that many distinct values,
+:func:`log2_nml_regret`). Per layer: the whole deep tensor
+(codebook included) with each coder at the index width that suits it. For the two largest
+layers, the same figures at every index width from 6 to 12, to show what the width does to the
+gap stream's alphabet.
 
 Writes ``benchmarks/results/entropy.json`` and ``entropy.md``::
 
@@ -23,175 +29,332 @@ Writes ``benchmarks/results/entropy.json`` and ``entropy.md``::
 
 from __future__ import annotations
 
+import math
 from importlib.metadata import version
 
 import numpy as np
-from _common import machine, machine_line, timed, write_results
+from _common import RESULTS, machine, machine_line, timed, write_results
 
+from weightcodec import container
 from weightcodec.codecs import deep
-from weightcodec.codecs.ans import ans_encode, ans_header_bytes
+from weightcodec.codecs.ans import ans_decode, ans_encode, ans_header_bytes
 from weightcodec.codecs.huffman import entropy_bits, huffman_encode
 from weightcodec.codecs.sparse_index import gaps_with_fillers
 
-# (name, shape, density, clusters); densities from Han et al. 2016, Tables 2 and 3
-SYNTHETIC = [
-    ("LeNet-300-100 fc1 (synthetic)", (300, 784), 0.08, 32),
-    ("LeNet-300-100 fc2 (synthetic)", (100, 300), 0.09, 32),
-    ("LeNet-300-100 fc3 (synthetic)", (10, 100), 0.26, 32),
-    ("LeNet-5 conv1 (synthetic)", (20, 1, 5, 5), 0.66, 256),
-    ("LeNet-5 conv2 (synthetic)", (50, 20, 5, 5), 0.12, 256),
-    ("LeNet-5 fc1 (synthetic)", (500, 800), 0.08, 32),
-    ("LeNet-5 fc2 (synthetic)", (10, 500), 0.19, 32),
-]
-REAL_DENSITY = {"fc1.weight": 0.08, "fc2.weight": 0.09, "fc3.weight": 0.26}
-REAL_CLUSTERS = 32
+RESULT_FILES = {
+    "LeNet-300-100": RESULTS / "reproduce-lenet300-deep.wcz",
+    "LeNet-5": RESULTS / "reproduce-lenet5-deep.wcz",
+}
+WIDTH_LAYERS = ("LeNet-300-100 fc1", "LeNet-5 fc1")  # the per-width table
+WIDTHS = range(6, 13)
+TARGET_PERCENT = 1.0
+MODEL_NAMES = {0: "counts", 1: "counts", 2: "bins"}  # low two bits of an ANS stream's first byte
 
 
-def kmeans(values: np.ndarray, k: int, iters: int = 50) -> np.ndarray:
-    """1-D Lloyd k-means with linear initialisation; returns the values snapped to centroids."""
-    from weightcodec.simplify.cluster import kmeans_1d  # torch-side module, only needed here
-
-    centroids, labels = kmeans_1d(values, min(k, np.unique(values).size), init="linear", iters=iters)
-    return centroids[labels].astype(np.float32)
-
-
-def synthetic_layer(shape, density, clusters, seed) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    size = int(np.prod(shape))
-    positions = rng.choice(size, size=max(1, round(density * size)), replace=False)
-    layer = np.zeros(size, np.float32)
-    layer[np.sort(positions)] = kmeans(rng.laplace(scale=0.05, size=positions.size).astype(np.float32), clusters)
-    return layer.reshape(shape)
-
-
-def real_lenet300() -> list[tuple[str, np.ndarray]]:
-    """Pruned + clustered layers of a cached trained LeNet-300-100, or [] when there is none."""
-    try:
-        import torch
-
-        from weightcodec.pipelines.data import cache_dir
-    except ImportError:
-        return []
-    paths = sorted((cache_dir() / "checkpoints").glob("lenet300-*.pt"), key=lambda p: p.stat().st_size)
-    # the longest-trained checkpoint: "-e<epochs>-" in the name
-    paths = sorted(paths, key=lambda p: int(p.name.split("-e")[1].split("-")[0]) if "-e" in p.name else 0)
-    if not paths:
-        return []
-    state = torch.load(paths[-1], map_location="cpu", weights_only=True)
+def real_layers() -> list[tuple[str, np.ndarray, container.TensorRecord]]:
+    """``(name, layer, record)`` of every deep-coded tensor in the committed results files."""
     layers = []
-    for name, density in REAL_DENSITY.items():
-        weight = state[name].numpy().astype(np.float32)
-        flat = weight.reshape(-1)
-        keep = np.argsort(-np.abs(flat), kind="stable")[: round(density * flat.size)]
-        layer = np.zeros_like(flat)
-        layer[np.sort(keep)] = kmeans(flat[np.sort(keep)], REAL_CLUSTERS)
-        layers.append((f"LeNet-300-100 {name.split('.')[0]} (real: {paths[-1].name})", layer.reshape(weight.shape)))
+    for model, path in RESULT_FILES.items():
+        wcz = container.read(path)
+        for record in wcz.records:
+            if record.encoded.codec == deep.NAME:
+                layers.append((f"{model} {record.name.removesuffix('.weight')}", wcz.decode(record.name), record))
     return layers
 
 
-def streams(layer: np.ndarray) -> tuple[int, dict[str, np.ndarray]]:
-    """The deep codec's gap and code streams at the index width it chooses (huffman)."""
-    meta = deep.encode(layer).meta
+def streams(layer: np.ndarray, index_bits: int) -> dict[str, np.ndarray]:
+    """The deep codec's gap and code streams at ``index_bits`` (codes: ``K`` marks a filler)."""
     codebook, codes, positions = deep.build_codebook(layer.reshape(-1))
-    gap_symbols, is_filler = gaps_with_fillers(positions, meta["index_bits"])
+    gap_symbols, is_filler = gaps_with_fillers(positions, index_bits)
     entry_codes = np.full(gap_symbols.size, codebook.size, dtype=np.int64)
     entry_codes[~is_filler] = codes
-    return meta["index_bits"], {"gaps": gap_symbols, "codes": entry_codes}
+    return {"gaps": gap_symbols, "codes": entry_codes}
+
+
+def percent(value: float, bound: float) -> float | None:
+    return 100 * (value - bound) / bound if bound else None
 
 
 def bench_stream(symbols: np.ndarray) -> dict:
-    h = entropy_bits(symbols)
+    bound = entropy_bits(symbols) / 8
     huff, huff_s = timed(lambda: huffman_encode(symbols))
     ans, ans_s = timed(lambda: ans_encode(symbols))
+    counts = ans_encode(symbols, model="counts")
+    assert np.array_equal(ans_decode(ans, symbols.size), symbols)
+    assert np.array_equal(ans_decode(counts, symbols.size), symbols)
     header = ans_header_bytes(ans, symbols.size)
-    bound = h / 8
+    counts_header = ans_header_bytes(counts, symbols.size)
+    distinct = int(np.unique(symbols).size)
+    regret = log2_nml_regret(distinct, symbols.size) / 8
     return {
         "symbols": int(symbols.size),
-        "distinct": int(np.unique(symbols).size),
+        "distinct": distinct,
+        "singletons": int(np.count_nonzero(np.unique(symbols, return_counts=True)[1] == 1)),
         "entropy_bytes": bound,
         "huffman_bytes": len(huff),
+        "huffman_overhead_percent": percent(len(huff), bound),
+        "ans_model": MODEL_NAMES[ans[0] & 3] if len(ans) > 2 else "single symbol",
         "ans_bytes": len(ans),
         "ans_header_bytes": header,
-        "huffman_overhead_percent": 100 * (len(huff) - bound) / bound if bound else None,
-        "ans_overhead_percent": 100 * (len(ans) - bound) / bound if bound else None,
-        "ans_payload_overhead_percent": 100 * (len(ans) - header - bound) / bound if bound else None,
+        "ans_overhead_percent": percent(len(ans), bound),
+        "ans_payload_overhead_percent": percent(len(ans) - header, bound),
+        "ans_counts_bytes": len(counts),
+        "ans_counts_header_bytes": counts_header,
+        "ans_counts_overhead_percent": percent(len(counts), bound),
+        "ans_counts_payload_overhead_percent": percent(len(counts) - counts_header, bound),
+        "nml_regret_bytes": regret,
+        "nml_regret_percent": percent(bound + regret, bound),
         "huffman_encode_s": huff_s,
         "ans_encode_s": ans_s,
     }
 
 
-def bench_layer(name: str, layer: np.ndarray) -> dict:
-    index_bits, parts = streams(layer)
-    result = {"layer": name, "shape": list(layer.shape), "nonzero": int(np.count_nonzero(layer)), "index_bits": index_bits}
-    result["streams"] = {k: bench_stream(v) for k, v in parts.items()}
-    for coder in ("huffman", "ans"):  # each coder at the index width that suits it best
-        encoded = deep.encode(layer, entropy=coder)
-        assert np.array_equal(deep.decode(encoded.meta, encoded.sections, layer.shape), layer)
-        result[f"{coder}_tensor_bytes"] = encoded.nbytes
-        result[f"{coder}_index_bits"] = encoded.meta["index_bits"]
-    result["entropy_tensor_bytes"] = 4 * len(np.unique(layer[layer != 0])) + sum(
-        s["entropy_bytes"] for s in result["streams"].values()
-    )
+def tensor_bytes(layer: np.ndarray, encode_stream) -> tuple[int, int]:
+    """``(bytes, index_bits)`` of the deep tensor with streams coded by ``encode_stream``, at the
+    width from :data:`deep.AUTO_INDEX_BITS` with the fewest bytes (the narrowest on a tie), as
+    :func:`deep.encode` chooses it."""
+    clusters = np.unique(layer[layer != 0]).size
+    sizes = [(sum(len(encode_stream(s)) for s in streams(layer, b).values()), b) for b in deep.AUTO_INDEX_BITS]
+    size, index_bits = min(sizes)
+    return size + 4 * clusters, index_bits
+
+
+def bench_layer(name: str, layer: np.ndarray, record: container.TensorRecord) -> dict:
+    committed = record.encoded
+    again = deep.encode(layer, index_bits=committed.meta["index_bits"], entropy="huffman")
+    assert again.sections == dict(committed.sections), f"{name}: streams differ from the committed file's"
+    ans_tensor = deep.encode(layer, entropy="ans")
+    assert np.array_equal(deep.decode(ans_tensor.meta, ans_tensor.sections, layer.shape), layer)
+    huffman_tensor = deep.encode(layer, entropy="huffman")
+    assert huffman_tensor.nbytes == committed.nbytes, f"{name}: Huffman no longer picks the committed width"
+    counts_bytes, counts_bits = tensor_bytes(layer, lambda s: ans_encode(s, model="counts"))
+    assert tensor_bytes(layer, ans_encode) == (ans_tensor.nbytes, ans_tensor.meta["index_bits"])
+    index_bits = ans_tensor.meta["index_bits"]
+    parts = streams(layer, index_bits)
+    result = {
+        "layer": name,
+        "shape": list(layer.shape),
+        "nonzero": int(np.count_nonzero(layer)),
+        "clusters": int(np.unique(layer[layer != 0]).size),
+        "index_bits": index_bits,
+        "streams": {k: bench_stream(v) for k, v in parts.items()},
+        "committed_file_bytes": committed.nbytes,
+        "committed_index_bits": committed.meta["index_bits"],
+        "huffman_tensor_bytes": huffman_tensor.nbytes,
+        "huffman_index_bits": huffman_tensor.meta["index_bits"],
+        "ans_counts_tensor_bytes": counts_bytes,
+        "ans_counts_index_bits": counts_bits,
+        "ans_tensor_bytes": ans_tensor.nbytes,
+        "ans_index_bits": index_bits,
+    }
+    result["entropy_tensor_bytes"] = 4 * result["clusters"] + sum(s["entropy_bytes"] for s in result["streams"].values())
+    if name in WIDTH_LAYERS:
+        result["by_width"] = [by_width(layer, b) for b in WIDTHS]
     return result
+
+
+def by_width(layer: np.ndarray, index_bits: int) -> dict:
+    row = {"index_bits": index_bits, "tensor_bytes": 4 * np.unique(layer[layer != 0]).size}
+    for sname, symbols in streams(layer, index_bits).items():
+        data = ans_encode(symbols)
+        bound = entropy_bits(symbols) / 8
+        row[sname] = {
+            "symbols": int(symbols.size),
+            "distinct": int(np.unique(symbols).size),
+            "entropy_bytes": bound,
+            "ans_bytes": len(data),
+            "ans_overhead_percent": percent(len(data), bound),
+        }
+        row["tensor_bytes"] += len(data)
+    return row
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f} %"
 
 
 def markdown(report: dict) -> str:
     m = report["machine"]
+    layers = report["layers"]
     lines = [
         "# Entropy coding of the deep codec's streams: Huffman vs ANS vs the empirical entropy",
         "",
         f"Written by `benchmarks/bench_entropy.py`. {machine_line(m)} constriction {m['constriction']}.",
         "",
-        "Overheads are over the order-0 empirical entropy of the stream; ANS bytes include its model header "
-        "(also shown alone), Huffman bytes its code table.",
+        "The layers are the real LeNet-300-100 and LeNet-5 weights of the committed Deep Compression results "
+        "(`reproduce-lenet300-deep.wcz`, `reproduce-lenet5-deep.wcz`: pruned, clustered and retrained by our deep "
+        "pipeline), decoded from those files. Their gap and code streams are rebuilt as the deep codec builds them "
+        "(re-encoding with Huffman gives the committed sections byte for byte), at the index width the deep codec "
+        "picks with ANS. Overheads are over each stream's order-0 empirical entropy; Huffman bytes include its code "
+        "table, ANS bytes its model header (also shown alone) and the coder's final state.",
         "",
-        "| layer | stream | symbols | distinct | entropy B | Huffman B | Huffman over | ANS B | ANS header B | "
-        "ANS over | ANS over w/o header |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "## Per stream",
+        "",
+        "| layer | stream | symbols | distinct | entropy B | Huffman B | Huffman over | ANS B | ANS model | "
+        "ANS header B | ANS over | ANS over w/o header |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
-    for r in report["layers"]:
+    for r in layers:
         for sname, s in r["streams"].items():
-            pct = lambda v: "n/a" if v is None else f"{v:+.2f} %"  # noqa: E731
             lines.append(
-                f"| {r['layer']} | {sname} | {s['symbols']:,} | {s['distinct']} | {s['entropy_bytes']:.0f} | "
-                f"{s['huffman_bytes']:,} | {pct(s['huffman_overhead_percent'])} | {s['ans_bytes']:,} | "
+                f"| {r['layer']} (b={r['index_bits']}) | {sname} | {s['symbols']:,} | {s['distinct']} | "
+                f"{s['entropy_bytes']:,.0f} | {s['huffman_bytes']:,} | {pct(s['huffman_overhead_percent'])} | "
+                f"{s['ans_bytes']:,} | {s['ans_model']} | {s['ans_header_bytes']} | {pct(s['ans_overhead_percent'])} | "
+                f"{pct(s['ans_payload_overhead_percent'])} |"
+            )
+    lines += [
+        "",
+        "## The ANS model header: before and after the binned model",
+        "",
+        "*Before*: the count model alone (every distinct symbol with its gamma-coded quantized count; what "
+        "`ans_encode` wrote before the binned model was added, byte for byte). *After*: `ans_encode` now, "
+        "which also builds a binned model (runs of rare symbols share one mass) and keeps the shorter stream.",
+        "",
+        "| layer | stream | symbols | distinct | of them once | before: B | header B | over | over w/o header | "
+        "after: B | model | header B | over | over w/o header |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in layers:
+        for sname, s in r["streams"].items():
+            lines.append(
+                f"| {r['layer']} | {sname} | {s['symbols']:,} | {s['distinct']} | {s['singletons']} | "
+                f"{s['ans_counts_bytes']:,} | {s['ans_counts_header_bytes']} | {pct(s['ans_counts_overhead_percent'])} | "
+                f"{pct(s['ans_counts_payload_overhead_percent'])} | {s['ans_bytes']:,} | {s['ans_model']} | "
                 f"{s['ans_header_bytes']} | {pct(s['ans_overhead_percent'])} | {pct(s['ans_payload_overhead_percent'])} |"
             )
     lines += [
         "",
         "## Whole tensor (deep codec: codebook + gaps + codes)",
         "",
-        "| layer | non-zeros | entropy bound B (Huffman's index bits) | Huffman B (index bits) | ANS B (index bits) | ANS saves |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["layers"]:
-        lines.append(
-            f"| {r['layer']} | {r['nonzero']:,} | {r['entropy_tensor_bytes']:.0f} ({r['index_bits']}) | "
-            f"{r['huffman_tensor_bytes']:,} ({r['huffman_index_bits']}) | {r['ans_tensor_bytes']:,} ({r['ans_index_bits']}) | "
-            f"{100 * (1 - r['ans_tensor_bytes'] / r['huffman_tensor_bytes']):.1f} % |"
-        )
-    lines += [
+        "Each coder at the index width (in brackets) that gives it the fewest bytes. The Huffman column is the "
+        "committed file's tensor.",
         "",
-        "Streams are built at the index width the deep codec picks with Huffman. ANS's payload (the "
-        "column without header) stays within a fraction of a percent of the empirical entropy; what "
-        "remains is the model header (alphabet and quantized counts, gamma-coded) and the coder's final "
-        "state (up to 8 bytes). A stream of D distinct symbols cannot carry its model for free: any "
-        "static or adaptive code pays about (D - 1)/2 log2(n) bits for it, so on streams of a few hundred "
-        "symbols, or with hundreds of distinct gaps, the header keeps the total above 1 %.",
+        "| layer | non-zeros | entropy bound B | Huffman B | ANS before B | ANS after B | after vs Huffman | after vs before |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    for r in layers:
+        lines.append(
+            f"| {r['layer']} | {r['nonzero']:,} | {r['entropy_tensor_bytes']:,.0f} ({r['index_bits']}) | "
+            f"{r['huffman_tensor_bytes']:,} ({r['huffman_index_bits']}) | {r['ans_counts_tensor_bytes']:,} "
+            f"({r['ans_counts_index_bits']}) | {r['ans_tensor_bytes']:,} ({r['ans_index_bits']}) | "
+            f"{100 * (r['ans_tensor_bytes'] / r['huffman_tensor_bytes'] - 1):+.1f} % | "
+            f"{100 * (r['ans_tensor_bytes'] / r['ans_counts_tensor_bytes'] - 1):+.1f} % |"
+        )
+    total = {k: sum(r[k] for r in layers) for k in ("huffman_tensor_bytes", "ans_counts_tensor_bytes", "ans_tensor_bytes")}
+    lines.append(
+        f"| all deep tensors | {sum(r['nonzero'] for r in layers):,} | "
+        f"{sum(r['entropy_tensor_bytes'] for r in layers):,.0f} | {total['huffman_tensor_bytes']:,} | "
+        f"{total['ans_counts_tensor_bytes']:,} | {total['ans_tensor_bytes']:,} | "
+        f"{100 * (total['ans_tensor_bytes'] / total['huffman_tensor_bytes'] - 1):+.1f} % | "
+        f"{100 * (total['ans_tensor_bytes'] / total['ans_counts_tensor_bytes'] - 1):+.1f} % |"
+    )
+    for r in layers:
+        if "by_width" not in r:
+            continue
+        lines += [
+            "",
+            f"## {r['layer']} at each index width",
+            "",
+            "| index bits | entries | gaps: distinct | gaps entropy B | gaps ANS B | gaps ANS over | codes ANS over | tensor B (ANS) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in r["by_width"]:
+            g, c = row["gaps"], row["codes"]
+            lines.append(
+                f"| {row['index_bits']} | {g['symbols']:,} | {g['distinct']} | {g['entropy_bytes']:,.0f} | {g['ans_bytes']:,} | "
+                f"{pct(g['ans_overhead_percent'])} | {pct(c['ans_overhead_percent'])} | {row['tensor_bytes']:,} |"
+            )
+    lines += ["", "## Against the 1 % target", ""] + conclusions(layers)
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    layers = real_lenet300() + [
-        (name, synthetic_layer(shape, density, k, seed=i)) for i, (name, shape, density, k) in enumerate(SYNTHETIC)
+def log2_nml_regret(distinct: int, n: int) -> float:
+    """``log2 C(D, n)``: the regret of the normalized maximum likelihood code, in bits.
+
+    For streams of ``n`` symbols over a given alphabet of ``D`` symbols, the NML code (Shtarkov
+    1987) spends exactly ``n * H_empirical + log2 C(D, n)`` bits on every stream, and any other
+    code spends more than that on some stream: it is the least overhead over the empirical
+    entropy that an order-0 code can *guarantee*. ``C`` by the recurrence of Kontkanen and
+    Myllymaki (2007): ``C(1) = 1``, ``C(2) = sum_k binom(n, k) (k/n)^k ((n-k)/n)^(n-k)``,
+    ``C(d + 2) = C(d + 1) + n/d C(d)``, in logarithms.
+    """
+    k = np.arange(n + 1)
+    log_binomial = math.lgamma(n + 1) - np.array([math.lgamma(x + 1) + math.lgamma(n - x + 1) for x in k])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = log_binomial + np.where(k > 0, k * np.log(k / n), 0.0) + np.where(k < n, (n - k) * np.log((n - k) / n), 0.0)
+    log_c = [0.0, float(np.logaddexp.reduce(terms))]  # ln C(1), ln C(2)
+    for d in range(1, distinct - 1):
+        log_c.append(float(np.logaddexp(log_c[-1], math.log(n / d) + log_c[-2])))
+    return log_c[distinct - 1] / math.log(2)
+
+
+def conclusions(layers: list[dict]) -> list[str]:
+    """The 1 % target stream by stream, and what the overhead is made of, from the measured figures."""
+    rows = [(f"{r['layer']} {sname}", s) for r in layers for sname, s in r["streams"].items() if s["entropy_bytes"]]
+    within = [f"{name} ({pct(s['ans_overhead_percent'])})" for name, s in rows if s["ans_overhead_percent"] <= TARGET_PERCENT]
+    nml_low = [f"{name} ({s['nml_regret_percent']:.2f} %)" for name, s in rows if s["nml_regret_percent"] <= TARGET_PERCENT]
+    beats = [name for name, s in rows if s["ans_overhead_percent"] < s["nml_regret_percent"]]
+    lines = [
+        f"**Within {TARGET_PERCENT:g} % of the empirical entropy, model header and final state included:** "
+        + (", ".join(within) if within else "none")
+        + f". Above it: {len(rows) - len(within)} of {len(rows)} streams:",
+        "",
+        "| stream | symbols | distinct | entropy B | 1 % of it B | ANS over B | of it header B | of it payload B | "
+        "NML regret B | NML regret |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    for name, s in rows:
+        if s["ans_overhead_percent"] <= TARGET_PERCENT:
+            continue
+        over = s["ans_bytes"] - s["entropy_bytes"]
+        lines.append(
+            f"| {name} | {s['symbols']:,} | {s['distinct']} | {s['entropy_bytes']:,.1f} | {s['entropy_bytes'] / 100:,.1f} | "
+            f"{over:,.1f} ({pct(s['ans_overhead_percent'])}) | {s['ans_header_bytes']} | {over - s['ans_header_bytes']:,.1f} | "
+            f"{s['nml_regret_bytes']:,.1f} | {s['nml_regret_percent']:.2f} % |"
+        )
+    lines += [
+        "",
+        "*NML regret*: `log2 C(D, n)`, the overhead over the empirical entropy of the normalized maximum "
+        "likelihood code (Shtarkov 1987; computed exactly with the recurrence of Kontkanen and Myllymaki 2007). "
+        "It spends exactly that on *every* stream of n symbols over the D symbols, and any other order-0 code, "
+        "static or adaptive, spends more on some stream: it is the least overhead a code can guarantee, even "
+        "one told the alphabet for free. It is at most 1 % only for "
+        + (", ".join(nml_low) if nml_low else "none of the streams")
+        + "; for every other stream no code can promise 1 %.",
+        "",
+        "A code can still beat that regret on a particular stream by betting on its structure: the binned model "
+        "bets that neighbouring symbols have similar frequencies (and that rare gaps are spread thin). Ours "
+        "comes in under the NML regret, alphabet and final state included, on "
+        + (", ".join(beats) if beats else "no stream")
+        + ". What remains is made of:",
+        "",
+        "- **The information the empirical entropy gets for free.** A large layer's gap stream has a few hundred "
+        "distinct gaps, most in a long tail of values seen once or twice (column *of them once* above). The "
+        "empirical entropy prices each at its own frequency, as if which values occur were known; a code has to "
+        "say it: in the header (the count model lists every value with its count) or in the payload (the binned "
+        "model spreads a shared mass over the bin, log2 of its width per occurrence). The binned model's header is "
+        "a fraction of the count model's, and its payload pays the rest (the *w/o header* column).",
+        "- **The coder's final state.** rANS starts from a 32-bit state that the decoder must end on, and writes "
+        "whole 32-bit words: about 5 bytes over the ideal code length (3 to 7 on random streams) whatever the "
+        "stream's size; on streams of a hundred bytes or less that alone is several per cent (LeNet-300-100 fc3, "
+        "LeNet-5 conv1).",
+        "- **The index width.** A narrower gap field folds the tail into fillers (tables per width): the gap "
+        "stream gets fewer distinct values and comes within 1 % of *its* entropy, but the tensor grows, because "
+        "fillers add entries to both streams. The deep codec keeps the width with the fewest bytes, the right "
+        "criterion, and the overheads above are those of the streams it writes.",
+    ]
+    return lines
+
+
+def main() -> None:
     report = {
         "machine": machine(constriction=version("constriction")),
-        "layers": [bench_layer(name, layer) for name, layer in layers],
+        "sources": {model: str(path.relative_to(RESULTS.parent.parent)) for model, path in RESULT_FILES.items()},
+        "layers": [bench_layer(name, layer, record) for name, layer, record in real_layers()],
     }
-    write_results("entropy", report, markdown(report))
-    print(markdown(report))
+    text = markdown(report)
+    write_results("entropy", report, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 import weightcodec.cli
 from weightcodec import container
+from weightcodec.codecs import weightless
 from weightcodec.cli import main
 from weightcodec.errors import FormatError
 
@@ -85,13 +86,20 @@ def test_encode_safetensors_input_with_weightless(run, weights, tmp_path):
 @pytest.mark.parametrize("options", [["--codec", "deep", "--entropy", "huffman"], ["--codec", "deep", "--entropy", "ans"],
                                      ["--codec", "weightless", "--t", "6", "--filter", "bloomier"],
                                      ["--codec", "weightless", "--t", "6", "--filter", "ribbon"],
-                                     ["--codec", "weightless", "--t", "6", "--filter", "fuse"]])
+                                     ["--codec", "weightless", "--t", "6", "--filter", "fuse"],
+                                     ["--codec", "weightless", "--t", "6", "--filter", "auto"],
+                                     ["--codec", "weightless", "--t", "6"]])
 def test_codec_options_pass_through(run, weights, tmp_path, options):
     path, _ = weights
     assert run("encode", path, "-o", tmp_path / "o.wcz", "-k", "4", "--sparsity", "0.75", "-q", *options)[0] == 0
     assert run("decode", tmp_path / "o.wcz", "-o", tmp_path / "o.pt", "-q")[0] == 0
     meta = {r.name: r.encoded.meta for r in container.read(tmp_path / "o.wcz").records}["fc1.weight"]
-    assert options[-1] in meta.values()
+    if "--filter" in options and options[-1] != "auto":
+        assert options[-1] in meta.values()
+    elif options[1] == "weightless":  # auto, the default: the file names the structure it built
+        assert meta["filter"] in weightless.FILTERS
+    else:
+        assert options[-1] in meta.values()
     decoded = torch.load(tmp_path / "o.pt", weights_only=True)["fc1.weight"]
     assert int((decoded != 0).sum()) >= 150 and torch.unique(decoded).numel() <= 5
 

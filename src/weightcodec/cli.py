@@ -116,7 +116,8 @@ def _add_encode(commands, common) -> None:
     p.add_argument("--clusters", "-k", type=int, help="K shared values per tensor (default 32)")
     p.add_argument("--sparsity", type=float, help="fraction of weights pruned by magnitude, in [0, 1) (default 0)")
     p.add_argument("--t", type=int, help="weightless: bits per filter cell (required); zeros decode non-zero with probability K / 2**t")
-    p.add_argument("--filter", help=f"weightless: retrieval filter, one of {', '.join(sorted(weightless.FILTERS))}")
+    p.add_argument("--filter", help=f"weightless: retrieval filter, one of {', '.join(weightless.FILTER_CHOICES)} "
+                   f"(default {weightless.DEFAULT_FILTER}: build each, keep the smallest)")
     p.add_argument("--entropy", help=f"deep: entropy coder of both streams, one of {', '.join(sorted(deep.ENTROPY_CODERS))}")
     p.add_argument("--index-bits", type=_index_bits, help="deep: gap field width in bits, or 'auto'")
     p.add_argument("--init", help=f"k-means initialisation, one of {', '.join(sorted(cluster.INITS))} (default linear)")

@@ -26,8 +26,9 @@ always a typo.
     [training]
     hook = "my_training:retrain"    # optional: called as retrain(model, stage)
 
-Weightless rules take ``t`` (bits per Bloomier cell, required) and ``filter`` instead of
-``index_bits`` / ``entropy``. Unknown keys, keys that do not belong to a rule's method and
+Weightless rules take ``t`` (bits per filter cell, required) and ``filter`` (``"auto"`` by
+default: the smallest of the ribbon, Bloomier and fuse tables) instead of ``index_bits`` /
+``entropy``. Unknown keys, keys that do not belong to a rule's method and
 values of the wrong type are errors that list what is valid. The ``filter`` and ``entropy``
 names go to the codec unchanged, so codecs added later are usable without a change here.
 

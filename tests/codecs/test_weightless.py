@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 from weightcodec import container
 from weightcodec.codecs import Encoded, get_codec, weightless
 from weightcodec.codecs.weightless import (
+    AUTO_ORDER,
     DEFAULT_FILTER,
+    FILTER_CHOICES,
     FILTERS,
     decode,
     describe,
@@ -40,7 +42,7 @@ def layers(draw):
     return layer, t, draw(st.integers(0, 2**64 - 1))
 
 
-@pytest.mark.parametrize("filter", sorted(FILTERS))
+@pytest.mark.parametrize("filter", FILTER_CHOICES)
 @settings(max_examples=50, deadline=None)
 @given(case=layers())
 def test_round_trip_keeps_every_non_zero_and_only_adds_centroids(filter, case):
@@ -53,7 +55,8 @@ def test_round_trip_keeps_every_non_zero_and_only_adds_centroids(filter, case):
     codebook = np.frombuffer(e.sections["codebook"], "<f4")
     assert np.isin(out[~nonzero & (out != 0)], codebook).all()
     assert e.meta["n"] == int(nonzero.sum()) and e.meta["K"] == codebook.size
-    if filter != "ribbon":  # m cells of t bits (ribbon's m counts rows of a self-describing table)
+    assert e.meta["filter"] in FILTERS and e.meta["filter"] == filter or filter == "auto"
+    if e.meta["filter"] != "ribbon":  # m cells of t bits (ribbon's m counts rows of a self-describing table)
         assert len(e.sections["table"]) == math.ceil(e.meta["m"] * t / 8)
 
 
@@ -97,8 +100,77 @@ def test_same_input_and_seed_give_the_same_file_bytes():
     np.testing.assert_array_equal(out[layer != 0], layer[layer != 0])
 
 
-def test_default_filter_is_the_ribbon():
-    assert DEFAULT_FILTER == "ribbon" == encode(np.ones(3, np.float32), t=2).meta["filter"]
+def test_default_filter_is_auto_and_stores_the_filter_it_built():
+    assert DEFAULT_FILTER == "auto" and FILTER_CHOICES == ("auto", "bloomier", "fuse", "ribbon")
+    assert encode(np.ones(3, np.float32), t=2).meta["filter"] == "fuse"  # 3 keys: the fewest cells
+    layer = clustered_layer((300, 784), 0.08, 32, np.random.default_rng(5))
+    assert encode(layer, t=8).meta["filter"] == "ribbon"  # ~19,000 keys: ~1.01 t bits each
+
+
+def _table_bytes(layer, t, seed, filter):
+    return len(encode(layer, t=t, seed=seed, filter=filter).sections["table"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.one_of(st.integers(0, 40), st.integers(40, 3000), st.integers(3000, 60_000)),
+    clusters=st.integers(1, 64),
+    extra_t=st.integers(0, 4),
+    seed=st.integers(0, 2**64 - 1),
+    rng_seed=st.integers(0, 2**32),
+)
+def test_auto_keeps_the_smallest_filter(n, clusters, extra_t, seed, rng_seed):
+    rng = np.random.default_rng(rng_seed)
+    size = max(n, 1) * int(rng.integers(2, 20))
+    codebook = np.arange(1, clusters + 1, dtype=np.float32)
+    layer = np.zeros(size, np.float32)
+    layer[rng.choice(size, n, replace=False)] = codebook[rng.integers(0, clusters, n)]
+    t = max(1, math.ceil(math.log2(np.unique(layer[layer != 0]).size or 1))) + extra_t
+    auto = encode(layer, t=t, seed=seed)
+    sizes = {name: _table_bytes(layer, t, seed, name) for name in AUTO_ORDER}
+    # never larger than any filter; the first of ribbon, bloomier, fuse among the smallest
+    assert len(auto.sections["table"]) == min(sizes.values())
+    for name, size in sizes.items():  # the floors that let "auto" skip a build are lower bounds
+        assert FILTERS[name].floor is None or FILTERS[name].floor(n, t, 1.23) <= size
+    assert auto.meta["filter"] == min(AUTO_ORDER, key=lambda name: (sizes[name], AUTO_ORDER.index(name)))
+    assert auto == encode(layer, t=t, seed=seed, filter=auto.meta["filter"])  # the very same bytes and meta
+    out = decode(auto.meta, auto.sections, layer.shape)
+    np.testing.assert_array_equal(out[layer != 0], layer[layer != 0])  # every stored key exactly
+    assert encode(layer, t=t, seed=seed) == auto  # deterministic
+
+
+@pytest.mark.parametrize(
+    "n, expected",
+    [(2, "fuse"), (100, "bloomier"), (500, "bloomier"), (1500, "ribbon"), (20_000, "ribbon")],
+)
+def test_auto_picks_bloomier_or_fuse_on_small_layers_and_ribbon_on_large(n, expected):
+    rng = np.random.default_rng(n)
+    layer = np.zeros(n * 10, np.float32)
+    layer[rng.choice(n * 10, n, replace=False)] = rng.integers(1, 9, n).astype(np.float32)
+    auto = encode(layer, t=8, seed=1)
+    assert auto.meta["filter"] == expected
+    assert len(auto.sections["table"]) <= min(_table_bytes(layer, 8, 1, name) for name in FILTERS)
+
+
+def test_auto_passes_over_a_filter_that_cannot_be_built():
+    layer = clustered_layer((40, 50), 0.3, 4, np.random.default_rng(3))
+    with pytest.raises(EncodeError, match="no seed of .* peels"):
+        encode(layer, t=4, ratio=1.0, filter="bloomier")
+    auto = encode(layer, t=4, ratio=1.0)  # the Bloomier filter cannot peel at this ratio; the others ignore it
+    assert auto.meta["filter"] in ("ribbon", "fuse")
+    np.testing.assert_array_equal(decode(auto.meta, auto.sections, layer.shape)[layer != 0], layer[layer != 0])
+
+
+def test_auto_files_decode_with_the_stored_filter():
+    # the file names the filter that was built: a reader needs nothing new for "auto"
+    layer = clustered_layer((30, 40), 0.1, 8, np.random.default_rng(4))
+    record = container.TensorRecord("w", "float32", layer.shape, encode(layer, t=6, seed=9))
+    read = container.from_bytes(container.to_bytes([record], {}))
+    assert read.record("w").encoded.meta["filter"] in FILTERS
+    np.testing.assert_array_equal(read.decode("w")[layer != 0], layer[layer != 0])
+    meta = dict(record.encoded.meta, filter="auto")
+    with pytest.raises(FormatError, match=r"unknown filter 'auto'"):  # never a stored name
+        decode(meta, record.encoded.sections, layer.shape)
 
 
 def test_describe_reports_size_against_the_bound():
@@ -148,7 +220,7 @@ def test_encode_errors_say_what_to_do():
         encode(np.array([0, np.nan, np.inf], np.float32), t=4)
     with pytest.raises(EncodeError, match=r"t must be an int in 1\.\.16 \(bits per cell\), got 17"):
         encode(np.ones(3, np.float32), t=17)
-    with pytest.raises(EncodeError, match=r"unknown filter 'xor'; this weightcodec knows \['bloomier', 'fuse', 'ribbon'\]"):
+    with pytest.raises(EncodeError, match=r"unknown filter 'xor'; this weightcodec knows \['auto', 'bloomier', 'fuse', 'ribbon'\]"):
         encode(np.ones(3, np.float32), t=4, filter="xor")
     with pytest.raises(EncodeError, match=r"seed=-1"):
         encode(np.ones(3, np.float32), t=4, seed=-1)

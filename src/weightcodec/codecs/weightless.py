@@ -1,10 +1,12 @@
 """Weightless (Reagen et al., ICML 2018): a pruned, clustered layer stored lossily in a retrieval filter.
 
 The non-zero weights' linear positions (C order) are the keys and their cluster codes the
-values of a static function: by default a bumped ribbon (:mod:`~weightcodec.codecs.ribbon`), or
-the paper's Bloomier filter (:mod:`~weightcodec.codecs.bloomier`) or a binary fuse table
-(:mod:`~weightcodec.codecs.fuse`), chosen with ``filter``. No position is stored: a layer is decoded by querying *every* position, and a query returns
-a t-bit value that is a code below ``K`` (a weight) or anything else (a zero)::
+values of a static function: a bumped ribbon (:mod:`~weightcodec.codecs.ribbon`), the paper's
+Bloomier filter (:mod:`~weightcodec.codecs.bloomier`) or a binary fuse table
+(:mod:`~weightcodec.codecs.fuse`), chosen with ``filter``; the default, ``"auto"``, builds all
+three and keeps the smallest (the meta names the one stored). No position is stored: a layer is
+decoded by querying *every* position, and a query returns a t-bit value that is a code below
+``K`` (a weight) or anything else (a zero)::
 
     layer (3 x 4)         keys = non-zero positions   values = codes      codebook
     [ 0  .7  0   0 ]      1, 7, 8                      1, 0, 1             [-.2, .7]
@@ -17,8 +19,9 @@ set to a uniformly random centroid) with probability ``K / 2**t``. Weightless re
 layers after an encoded one to absorb them. The cost does not depend on how sparse the layer
 is: about ``1.003 * t`` to ``1.015 * t`` bits per non-zero for the ribbon from about a thousand
 non-zeros up (below that its fixed ~30-byte header and minimum size make the Bloomier filter's
-``1.23 * t`` bits + 32 cells smaller), ``1.13 * t`` to ``1.25 * t`` for the fuse layout
-(``benchmarks/results/retrieval.md``). Byte layouts: ``docs/codecs/weightless.md``.
+``1.23 * t`` bits + 32 cells smaller, and the fuse table smaller still on a handful of
+non-zeros), ``1.13 * t`` to ``1.25 * t`` for the fuse layout (``benchmarks/results/retrieval.md``);
+``"auto"`` is never larger than any of them. Byte layouts: ``docs/codecs/weightless.md``.
 """
 
 from __future__ import annotations
@@ -30,8 +33,16 @@ import numpy as np
 
 from ..errors import CorruptFileError, EncodeError, FormatError
 from .base import Encoded
-from .bloomier import DEFAULT_RATIO, BloomierTable, bloomier_build, bloomier_decode_layer, pack_cells, unpack_cells
-from .fuse import fuse_filter_build, fuse_filter_decode
+from .bloomier import (
+    DEFAULT_RATIO,
+    BloomierTable,
+    bloomier_build,
+    bloomier_decode_layer,
+    bloomier_size,
+    pack_cells,
+    unpack_cells,
+)
+from .fuse import fuse_filter_build, fuse_filter_decode, fuse_layout
 from .hashing import K_HASHES, MAX_SEGMENT, MAX_T
 from .retrieval import MAX_SEED
 from .ribbon import ribbon_filter_build, ribbon_filter_decode
@@ -40,6 +51,8 @@ __all__ = [
     "NAME",
     "Filter",
     "FILTERS",
+    "AUTO_FILTER",
+    "FILTER_CHOICES",
     "DEFAULT_FILTER",
     "encode",
     "decode",
@@ -64,10 +77,13 @@ class Filter(NamedTuple):
     ``table`` section bytes; it must be deterministic. ``decode(meta, table, lut, size)``
     queries positions ``0..size-1`` and returns float32 ``lut[value]`` for each, raising
     :class:`~weightcodec.errors.CorruptFileError` for parameters or bytes it cannot trust.
+    ``floor(n, t, ratio)``, if given, is a lower bound of the table bytes for ``n`` keys:
+    ``"auto"`` does not build a filter whose floor is no smaller than the best table so far.
     """
 
     build: Callable[..., tuple[dict, bytes]]
     decode: Callable[[Mapping, bytes, np.ndarray, int], np.ndarray]
+    floor: Callable[[int, int, float], int] | None = None
 
 
 def _bloomier_build(keys: np.ndarray, codes: np.ndarray, *, t: int, seed: int, ratio: float) -> tuple[dict, bytes]:
@@ -87,14 +103,27 @@ def _bloomier_decode(meta: Mapping, table: bytes, lut: np.ndarray, size: int) ->
     return bloomier_decode_layer(BloomierTable(unpack_cells(table, m, t), t, seed), lut, size)
 
 
-# The smallest on the layers that dominate a model's size (benchmarks/results/retrieval.md:
-# 1.003-1.014 t bits per non-zero against Bloomier's 1.23 t), at ~1.2x Bloomier's decode time.
-DEFAULT_FILTER = "ribbon"
+def _cells_floor(cells: int, t: int) -> int:
+    return -(-cells * t // BITS_PER_BYTE)
+
+
 FILTERS: dict[str, Filter] = {
-    "bloomier": Filter(_bloomier_build, _bloomier_decode),
-    "fuse": Filter(fuse_filter_build, fuse_filter_decode),  # binary fuse layout, docs/codecs/fuse.md
+    # exactly bloomier_size(n, ratio) cells whatever the seed
+    "bloomier": Filter(_bloomier_build, _bloomier_decode, lambda n, t, ratio: _cells_floor(bloomier_size(n, ratio), t)),
+    # fuse_layout(n) cells, or more after failed tries
+    "fuse": Filter(fuse_filter_build, fuse_filter_decode, lambda n, t, ratio: _cells_floor(fuse_layout(n)[1], t)),
     "ribbon": Filter(ribbon_filter_build, ribbon_filter_decode),  # bumped ribbon, docs/codecs/ribbon.md
 }
+# "auto" is an encoder choice, never stored: build these in this order, keep the smallest table
+# (the first on a tie). The ribbon is the smallest on the layers that dominate a model's size
+# (benchmarks/results/retrieval.md: 1.003-1.014 t bits per non-zero against Bloomier's 1.23 t)
+# but its ~30-byte header and 128-row minimum lose to the Bloomier filter below ~900 non-zeros
+# and to the fuse table on a handful. On a large layer the others' floors (their fixed cell
+# counts) rule them out without a build, so "auto" costs little more than the ribbon there.
+AUTO_FILTER = "auto"
+AUTO_ORDER = ("ribbon", "bloomier", "fuse")
+FILTER_CHOICES = (AUTO_FILTER, *sorted(FILTERS))
+DEFAULT_FILTER = AUTO_FILTER
 
 
 def encode(
@@ -115,16 +144,19 @@ def encode(
         Bloomier filter cells per non-zero (1.23 peels reliably); the ribbon and fuse layouts
         size themselves and ignore it.
     filter : str, optional
-        Retrieval structure, a key of :data:`FILTERS`. The default, ``"ribbon"``, is the
-        smallest on layers of more than about a thousand non-zeros (``"bloomier"`` is the paper's).
+        Retrieval structure, a key of :data:`FILTERS` (``"bloomier"`` is the paper's), or
+        ``"auto"`` (the default): build the ribbon, the Bloomier filter and the fuse table and
+        keep the one with the smallest table, the first of that order on a tie (the ribbon from
+        about a thousand non-zeros up, the Bloomier filter or fuse table below). A filter that
+        cannot be built is passed over unless none can.
 
     Returns
     -------
     Encoded
         Sections ``codebook`` (K float32, ascending) and ``table``; ``meta`` holds
-        ``filter``, ``t``, ``K``, ``n`` (non-zeros) and the filter's own parameters (ribbon:
-        ``seed``, ``m`` rows; Bloomier: ``m`` cells, ``k``, ``seed``). Equal input and seed give
-        equal bytes.
+        ``filter`` (the structure stored, never ``"auto"``), ``t``, ``K``, ``n`` (non-zeros) and
+        the filter's own parameters (ribbon: ``seed``, ``m`` rows; Bloomier: ``m`` cells, ``k``,
+        ``seed``; fuse: ``m``, ``segment``, ``seed``). Equal input and seed give equal bytes.
 
     Raises
     ------
@@ -135,15 +167,18 @@ def encode(
     Examples
     --------
     >>> w = np.array([[0, 0.5, 0], [0, 0, -0.25]], dtype=np.float32)
-    >>> e = encode(w, t=8)
+    >>> e = encode(w, t=8, filter="ribbon")
     >>> e.meta
     {'filter': 'ribbon', 't': 8, 'K': 2, 'n': 2, 'seed': 0, 'm': 128}
     >>> decode(e.meta, e.sections, w.shape)[w != 0].tolist()
     [0.5, -0.25]
     >>> encode(w, t=8, filter="bloomier").meta
     {'filter': 'bloomier', 't': 8, 'K': 2, 'n': 2, 'm': 36, 'k': 3, 'seed': 0}
+    >>> encode(w, t=8).meta["filter"]  # "auto": two keys fit the fuse table's few cells best
+    'fuse'
     """
-    ops = _filter(filter, EncodeError)
+    names = AUTO_ORDER if filter == AUTO_FILTER else (filter,)
+    candidates = [(name, _filter(name, EncodeError)) for name in names]
     t = _check_t(t)
     values = _check_array(array)
     keys = np.flatnonzero(values)
@@ -153,8 +188,24 @@ def encode(
             f"array has {codebook.size} distinct non-zero values; t={t} holds at most {2**t} codes: "
             f"use t >= {math.ceil(math.log2(codebook.size))} or cluster the weights first"
         )
-    params, table = ops.build(keys.astype(np.int64), codes.reshape(-1), t=t, seed=seed, ratio=ratio)
-    meta = {"filter": filter, "t": t, "K": int(codebook.size), "n": int(keys.size), **params}
+    keys, codes = keys.astype(np.int64), codes.reshape(-1)
+    best, failures = None, []
+    for name, ops in candidates:
+        if best is not None and ops.floor is not None and _floor(ops, keys.size, t, ratio) >= len(best[2]):
+            continue  # cannot be strictly smaller
+        try:
+            params, table = ops.build(keys, codes, t=t, seed=seed, ratio=ratio)
+        except EncodeError as exc:
+            if len(candidates) == 1:
+                raise
+            failures.append(f"{name}: {exc}")
+            continue
+        if best is None or len(table) < len(best[2]):  # strictly smaller: ties keep the earlier one
+            best = (name, params, table)
+    if best is None:
+        raise EncodeError(f"no retrieval structure could be built ({'; '.join(failures)})")
+    name, params, table = best
+    meta = {"filter": name, "t": t, "K": int(codebook.size), "n": int(keys.size), **params}
     return Encoded(NAME, meta, {"codebook": codebook.astype(CENTROID_DTYPE).tobytes(), "table": table})
 
 
@@ -341,7 +392,16 @@ def _filter(name: str, error: type[Exception]) -> Filter:
     try:
         return FILTERS[name]
     except (KeyError, TypeError):
-        raise error(f"unknown filter {name!r}; this weightcodec knows {sorted(FILTERS)}") from None
+        known = list(FILTER_CHOICES) if error is EncodeError else sorted(FILTERS)
+        raise error(f"unknown filter {name!r}; this weightcodec knows {known}") from None
+
+
+def _floor(ops: Filter, n: int, t: int, ratio: float) -> float:
+    """The filter's lower bound of table bytes, or 0 when it cannot say (a ratio it refuses)."""
+    try:
+        return ops.floor(n, t, ratio)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _check_t(t: int) -> int:
