@@ -190,7 +190,7 @@ def test_settings_that_do_not_fit_are_listed_before_training(tmp_path):
     assert "unknown pruning 'lottery' (choose one of ['dns', 'magnitude'])" in message
     assert "unknown reference 'dense' (choose one of ['baseline', 'unencoded'])" in message
     assert "fc9.weight: K = 64 clusters need t >= 6, but t_values stop at 5" in message
-    assert "filters ['bloomier', 'cuckoo'] with stored filter 'bloomier'" in message
+    assert f"filters ['bloomier', 'cuckoo'] with stored filter {settings.filter!r}" in message
 
 
 # ----------------------------------------------------------------------------- the whole pipeline
@@ -213,9 +213,11 @@ def _check_result(result: dict, wcz_path, mnist: Mnist, model_name: str) -> None
     assert layer["n"] + layer["false_positives"] == np.count_nonzero(stored)
     assert layer["K"] == len(np.unique(stored[stored != 0])) and layer["t"] == record.encoded.meta["t"]
     [stage] = [s for s in result["stages"] if s["method"] == "weightless"]
-    assert layer["t"] == stage["chosen_t"] and layer["filter"] == "bloomier"
-    [alternative] = stage["alternatives"]
-    assert (alternative["filter"], alternative["t"]) == ("ribbon", layer["t"])
+    settings = weightless.SETTINGS[model_name]
+    assert layer["t"] == stage["chosen_t"] and layer["filter"] == settings.filter
+    assert [(a["filter"], a["t"]) for a in stage["alternatives"]] == [
+        (f, layer["t"]) for f in settings.filters if f != settings.filter
+    ]
     assert {(e["filter"], e["t"]) for e in stage["encodings"]} >= {(p["filter"], p["t"]) for p in stage["sweep"]}
     assert {r.name: r.encoded.codec for r in wcz.records if r.name != "fc1.weight" and r.name.endswith("weight")} == {
         "fc2.weight": "deep", "fc3.weight": "deep"
@@ -255,7 +257,11 @@ def test_markdown_report_from_results(toy_run, tmp_path):
     assert f"| {layer['bytes']} |" in text and f"| {20000 / layer['bytes']:.2f}x |" in text
     assert "| lenet300 |" in text and "| 1.50 |" in text and "496x" in text
     assert f"(target <= 1.55: {'met' if result['test_error'] <= 1.55 else 'not met'})" in text
-    assert text.count("| ribbon |") == 1 and "### lenet300 fc1.weight: chosen t = " in text
+    assert f"(target >= 1.5x: {'met' if 20000 >= 1.5 * layer['bytes'] else 'not met'})" in text
+    assert weightless.SAME_WEIGHTS_LIMIT in text
+    [stage] = [s for s in result["stages"] if s["method"] == "weightless"]
+    assert text.count("| ribbon |") == 1 + len(stage["sweep"]) and text.count("| bloomier |") == 1  # table + sweep
+    assert "### lenet300 fc1.weight: chosen t = " in text
     with pytest.raises(WeightcodecError, match="no reproduce-<model>-weightless.json"):
         weightless.write_markdown(tmp_path / "nothing")
 
