@@ -189,6 +189,18 @@ def test_reproduce_calls_the_pipeline(run, monkeypatch):
     assert out.splitlines() == ["ratio: 41.5", "test_error: 1.61", "wcz_path: x.wcz"]
 
 
+def test_reproduce_threads_sets_torch_threads(run, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(weightcodec.cli, "reproduce", lambda *a, **k: {"ratio": 1.0})
+    threads = torch.get_num_threads()
+    try:
+        assert run("reproduce", "lenet5", "--threads", "1", "-q")[0] == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert run("reproduce", "lenet5", "--threads", "0")[0] == 2
+
+
 def test_usage_errors_exit_2(run):
     assert run("encode")[0] == 2
     assert run("reproduce", "vgg16")[0] == 2
