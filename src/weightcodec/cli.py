@@ -160,7 +160,12 @@ def _add_compress(commands, common) -> None:
 def _add_reproduce(commands, common) -> None:
     p = commands.add_parser("reproduce", parents=[common], help="run a paper's pipeline on LeNet and MNIST")
     p.add_argument("model", choices=sorted(MODELS))
-    p.add_argument("--method", choices=sorted(REPRODUCE_METHODS), default="deep")
+    p.add_argument(
+        "--method",
+        choices=sorted(REPRODUCE_METHODS),
+        default="deep",
+        help="deep: Deep Compression; weightless: Weightless on the largest layer; weightless-all: on every layer",
+    )
     p.add_argument("--quick", action="store_true", help="a short smoke run (under two minutes)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and k-means (default 0)")
     p.add_argument("--data", type=Path, help="your MNIST (IDX folder or .npz) instead of the packaged copy")

@@ -280,3 +280,21 @@ def test_quick_reproduce_weightless_on_mnist(tmp_path):
     assert sorted(p.rsplit("/", 1)[1] for p in result["figures"]) == sorted(
         f"weightless-lenet300-quick-{kind}.png" for kind in ("error-vs-t", "bytes-vs-t", "false-positives-vs-t", "fc1-histogram")
     )
+
+
+@pytest.mark.slow
+def test_quick_reproduce_weightless_on_every_layer(tmp_path):
+    """``reproduce lenet300 --method weightless-all --quick``: every weight layer in a filter, as measured."""
+    try:
+        mnist = load_mnist()
+    except DataError as exc:
+        pytest.skip(f"MNIST cannot be obtained on this machine: {exc}")
+    result = reproduce.reproduce("lenet300", "weightless-all", quick=True, results_dir=tmp_path, progress=False)
+    wcz_path = tmp_path / "reproduce-lenet300-weightless-all-quick.wcz"
+    decoded, wcz = deep_compression.load_decoded("lenet300", wcz_path)
+    assert evaluate(decoded, ArrayLoader(mnist.x_test, mnist.y_test, batch_size=1000)) == result["test_error"]
+    assert {r.name: r.encoded.codec for r in wcz.records if r.name.endswith("weight")} == dict.fromkeys(
+        ["fc1.weight", "fc2.weight", "fc3.weight"], "weightless"
+    )
+    assert [layer["name"] for layer in result["encoded_layers"]] == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    assert all(p.rsplit("/", 1)[1].startswith("weightless-all-lenet300-quick-") for p in result["figures"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +44,11 @@ def run_deep(model: str, mnist: Mnist, out_path: Path, *, quick: bool, seed: int
     return deep_compression.run(model, mnist, settings, out_path, seed=seed, progress=progress, metadata=metadata)
 
 
-METHODS: dict[str, Method] = {"deep": run_deep, "weightless": weightless.run_reproduce}
+METHODS: dict[str, Method] = {
+    "deep": run_deep,
+    "weightless": weightless.run_reproduce,  # the largest layer, as in the paper
+    "weightless-all": partial(weightless.run_reproduce, every_layer=True),  # every weight layer, in order
+}
 
 
 def reproduce(

@@ -946,19 +946,27 @@ def _nonzero_fraction(model: nn.Module, names: Iterable[str]) -> float:
 # ----------------------------------------------------------------------------- reproduce and report
 
 
-def run_reproduce(model: str, mnist: Mnist, out_path: Path, *, quick: bool, seed: int, progress: bool) -> dict:
+def run_reproduce(
+    model: str, mnist: Mnist, out_path: Path, *, quick: bool, seed: int, progress: bool, every_layer: bool = False
+) -> dict:
     """``reproduce(model, "weightless")``: :func:`run` with :data:`SETTINGS`, plus its figures.
+
+    With ``every_layer`` (``reproduce(model, "weightless-all")``) every weight layer is encoded
+    by Weightless, in network order (:func:`all_layers`), instead of the largest only.
 
     The PNG figures (error, bytes and false positives against ``t``; each encoded layer's
     weight histogram with its centroids) go beside ``out_path`` as
-    ``weightless-<model>[-quick]-*.png``; their paths are listed under ``figures``.
+    ``weightless[-all]-<model>[-quick]-*.png``; their paths are listed under ``figures``.
     """
     from . import plots  # matplotlib loads only when figures are drawn
 
     settings = quick_settings(SETTINGS[model]) if quick else SETTINGS[model]
-    metadata = {"model": model, "method": "weightless", "seed": str(seed)}
+    if every_layer:
+        settings = all_layers(settings)
+    method = "weightless-all" if every_layer else "weightless"
+    metadata = {"model": model, "method": method, "seed": str(seed)}
     result = run(model, mnist, settings, out_path, seed=seed, progress=progress, metadata=metadata)
-    prefix = Path(out_path).parent / f"weightless-{model}{'-quick' if quick else ''}"
+    prefix = Path(out_path).parent / f"{method}-{model}{'-quick' if quick else ''}"
     result["figures"] = [str(path) for path in plots.weightless_figures(result, prefix)]
     result["paper_weightless"] = PAPER.get(model)
     return result
