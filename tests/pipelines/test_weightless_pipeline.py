@@ -266,13 +266,18 @@ def test_markdown_report_from_results(toy_run, tmp_path):
         weightless.write_markdown(tmp_path / "nothing")
 
 
-@pytest.mark.slow
-def test_quick_reproduce_weightless_on_mnist(tmp_path):
-    """``reproduce lenet300 --method weightless --quick``: what the user gets is what was measured."""
+@pytest.fixture(scope="module")
+def mnist() -> Mnist:
+    """Real MNIST, or a skip where it cannot be obtained."""
     try:
-        mnist = load_mnist()
+        return load_mnist()
     except DataError as exc:
         pytest.skip(f"MNIST cannot be obtained on this machine: {exc}")
+
+
+@pytest.mark.slow
+def test_quick_reproduce_weightless_on_mnist(mnist, tmp_path):
+    """``reproduce lenet300 --method weightless --quick``: what the user gets is what was measured."""
     result = reproduce.reproduce("lenet300", "weightless", quick=True, results_dir=tmp_path, progress=False)
     assert json.loads((tmp_path / "reproduce-lenet300-weightless-quick.json").read_text()) == result
     _check_result(result, tmp_path / "reproduce-lenet300-weightless-quick.wcz", mnist, "lenet300")
@@ -283,12 +288,8 @@ def test_quick_reproduce_weightless_on_mnist(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_reproduce_weightless_on_every_layer(tmp_path):
+def test_quick_reproduce_weightless_on_every_layer(mnist, tmp_path):
     """``reproduce lenet300 --method weightless-all --quick``: every weight layer in a filter, as measured."""
-    try:
-        mnist = load_mnist()
-    except DataError as exc:
-        pytest.skip(f"MNIST cannot be obtained on this machine: {exc}")
     result = reproduce.reproduce("lenet300", "weightless-all", quick=True, results_dir=tmp_path, progress=False)
     wcz_path = tmp_path / "reproduce-lenet300-weightless-all-quick.wcz"
     decoded, wcz = deep_compression.load_decoded("lenet300", wcz_path)
