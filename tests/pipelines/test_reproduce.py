@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from weightcodec import container
-from weightcodec.errors import DataError, WeightcodecError
+from weightcodec.errors import WeightcodecError
 from weightcodec.pipelines import deep_compression, reproduce
-from weightcodec.pipelines.data import load_mnist
 from weightcodec.pipelines.models import build_model
 from weightcodec.pipelines.training import ArrayLoader
 
@@ -58,12 +57,8 @@ def test_unknown_method_lists_the_valid_ones(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_reproduce_end_to_end(tmp_path):
+def test_quick_reproduce_end_to_end(mnist, tmp_path):
     """The README's first command, in under two minutes: a real file, decoded and evaluated."""
-    try:
-        load_mnist()
-    except DataError as exc:
-        pytest.skip(f"MNIST cannot be obtained on this machine: {exc}")
     result = reproduce.reproduce("lenet300", "deep", quick=True, results_dir=tmp_path, progress=False)
     wcz = tmp_path / "reproduce-lenet300-deep-quick.wcz"
     assert json.loads((tmp_path / "reproduce-lenet300-deep-quick.json").read_text()) == result

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from weightcodec import container
-from weightcodec.errors import DataError, WeightcodecError
+from weightcodec.errors import WeightcodecError
 from weightcodec.pipelines import deep_compression, plots, reproduce, weightless
-from weightcodec.pipelines.data import Mnist, load_mnist
+from weightcodec.pipelines.data import Mnist
 from weightcodec.pipelines.deep_compression import LayerPlan
 from weightcodec.pipelines.models import build_model
 from weightcodec.pipelines.training import ArrayLoader, TrainConfig, evaluate, train
@@ -264,15 +264,6 @@ def test_markdown_report_from_results(toy_run, tmp_path):
     assert "### lenet300 fc1.weight: chosen t = " in text
     with pytest.raises(WeightcodecError, match="no reproduce-<model>-weightless.json"):
         weightless.write_markdown(tmp_path / "nothing")
-
-
-@pytest.fixture(scope="module")
-def mnist() -> Mnist:
-    """Real MNIST, or a skip where it cannot be obtained."""
-    try:
-        return load_mnist()
-    except DataError as exc:
-        pytest.skip(f"MNIST cannot be obtained on this machine: {exc}")
 
 
 @pytest.mark.slow
