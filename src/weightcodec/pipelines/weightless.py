@@ -221,7 +221,8 @@ def _settings(
 # Our own plans (the paper's Table 1 is unconfirmed). fc1 is pruned further than in Deep
 # Compression (2 % left instead of 5 %): the filter's bits per non-zero do not grow with
 # sparsity, and each zero reads as a false positive with probability K / 2**t (reference.md
-# §1.5, §5). K = 8 there: with K = 4 clustering alone cost LeNet-300 ~0.1 point, with 8 none.
+# §1.5, §5). K = 8 there (LeNet-5: 16): with K = 4 clustering alone cost LeNet-300 ~0.1 point,
+# with 8 none.
 # Reaching 98 % with little loss takes longer pruning than Deep Compression's 95 % (on
 # LeNet-300: 3 x 6 epochs of magnitude rounds gave 1.95 % test error in the end, 6 x 10 1.45 %,
 # 6 x 15 1.29 % but needed t = 15; 40 epochs of dynamic network surgery plus 10 after the cut
