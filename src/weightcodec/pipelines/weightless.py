@@ -222,15 +222,15 @@ def _settings(
 # Compression (2 % left instead of 5 %): the filter's bits per non-zero do not grow with
 # sparsity, and each zero reads as a false positive with probability K / 2**t (reference.md
 # §1.5, §5). K = 8 there (LeNet-5: 16): with K = 4 clustering alone cost LeNet-300 ~0.1 point,
-# with 8 none.
-# Reaching 98 % with little loss takes longer pruning than Deep Compression's 95 % (on
-# LeNet-300: 3 x 6 epochs of magnitude rounds gave 1.95 % test error in the end, 6 x 10 1.45 %,
-# 6 x 15 1.29 % but needed t = 15; 40 epochs of dynamic network surgery plus 10 after the cut
-# 1.27 % and 1.29 % at t = 12 (two sweeps' batch orders); single runs, the test split's standard error is ~0.11 point); the layers after
-# fc1 are pruned a little less than in Deep Compression (they are a small part of the file and
-# absorb the false positives), and retrained 15 epochs (LeNet-5: 10) once t is chosen. The stored filter is
-# the ribbon (the paper's Bloomier filter is measured at the same t); t may cost no validation
-# error over the model before encoding (tolerance 0).
+# with 8 none. Reaching 98 % with little loss takes longer pruning than Deep Compression's 95 %.
+# On LeNet-300, final test errors: 3 x 6 epochs of magnitude rounds 1.95 %, 6 x 10 1.45 %,
+# 6 x 15 1.29 % (but t = 15 needed); 40 epochs of dynamic network surgery plus 10 after the cut
+# 1.27 % and 1.29 % at t = 12 (two batch orders of the sweep). Single runs: the test split's
+# standard error is ~0.11 point. The layers after fc1 are pruned a little less than in Deep
+# Compression (a small part of the file, and they absorb the false positives) and retrained
+# 15 epochs (LeNet-5: 10) once t is chosen. The stored filter is the ribbon (the paper's
+# Bloomier filter is measured at the same t); t may cost no validation error over the model
+# before encoding (tolerance 0).
 SETTINGS: dict[str, WeightlessSettings] = {
     "lenet300": _settings(
         "lenet300",
