@@ -95,12 +95,7 @@ def plot_error_vs_t(stage: dict, baseline: float):
     axes.axhline(baseline, color="black", linewidth=0.8, label="dense baseline (valid)")
     axes.axhline(stage["reference_valid_error"], color="gray", linewidth=0.8, label="reference for t (valid)")
     axes.axhline(stage["clustered"]["test_error"], color="gray", linestyle="--", linewidth=0.8, label="before encoding (test)")
-    axes.axvline(stage["chosen_t"], color="gray", linestyle=":", linewidth=0.8)
-    axes.set_yscale("log")
-    axes.set_xlabel("t (bits per cell)")
-    axes.set_ylabel("error (%)")
-    axes.set_title(f"{stage['names'][0]}: error vs t (chosen t = {stage['chosen_t']})", fontsize="medium")
-    axes.legend(fontsize="x-small")
+    _finish_t_axes(axes, stage, ylabel="error (%)", title=f"error vs t (chosen t = {stage['chosen_t']})", log=True)
     return figure
 
 
@@ -113,11 +108,7 @@ def plot_bytes_vs_t(stage: dict):
     for coder, nbytes in stage["deep_codec_bytes"].items():
         axes.axhline(nbytes, linestyle="--", linewidth=0.8, color="tab:red" if coder == "huffman" else "tab:purple",
                      label=f"deep codec ({coder}), same weights")  # fmt: skip
-    axes.axvline(stage["chosen_t"], color="gray", linestyle=":", linewidth=0.8)
-    axes.set_xlabel("t (bits per cell)")
-    axes.set_ylabel("bytes")
-    axes.set_title(f"{stage['names'][0]}: bytes vs t", fontsize="medium")
-    axes.legend(fontsize="x-small")
+    _finish_t_axes(axes, stage, ylabel="bytes", title="bytes vs t")
     return figure
 
 
@@ -130,13 +121,19 @@ def plot_false_positives_vs_t(stage: dict):
                   marker=MARKERS.get(name, "x"), label=f"{name}: measured")  # fmt: skip
     expected = {p["t"]: p["expected_false_positives"] for p in stage["encodings"]}
     axes.plot(sorted(expected), [expected[t] for t in sorted(expected)], color="black", linestyle=":", label="zeros * K / 2^t")
-    axes.axvline(stage["chosen_t"], color="gray", linestyle=":", linewidth=0.8)
-    axes.set_yscale("log")
-    axes.set_xlabel("t (bits per cell)")
-    axes.set_ylabel("false positives (zeros decoded non-zero)")
-    axes.set_title(f"{stage['names'][0]}: false positives vs t", fontsize="medium")
-    axes.legend(fontsize="x-small")
+    _finish_t_axes(axes, stage, ylabel="false positives (zeros decoded non-zero)", title="false positives vs t", log=True)
     return figure
+
+
+def _finish_t_axes(axes, stage: dict, *, ylabel: str, title: str, log: bool = False) -> None:
+    """What every plot against ``t`` shares: the chosen ``t`` marked, labels, title and legend."""
+    axes.axvline(stage["chosen_t"], color="gray", linestyle=":", linewidth=0.8)
+    if log:
+        axes.set_yscale("log")
+    axes.set_xlabel("t (bits per cell)")
+    axes.set_ylabel(ylabel)
+    axes.set_title(f"{stage['names'][0]}: {title}", fontsize="medium")
+    axes.legend(fontsize="x-small")
 
 
 def plot_histogram(stage: dict):
