@@ -363,31 +363,16 @@ def _gamma_bits(values: np.ndarray) -> int:
 
 def _gamma_encode(values: np.ndarray) -> bytes:
     """Elias gamma codes of ``values`` (each >= 1), MSB first, zero-padded to a byte."""
-    bits = bitarray("".join("0" * (int(v).bit_length() - 1) + format(int(v), "b") for v in values))
-    return bits.tobytes()
+    return bitarray("".join(_gamma_string(int(v)) for v in values)).tobytes()
 
 
 def _read_gammas(data: bytes, offset: int, n: int) -> tuple[np.ndarray, int]:
     """``n`` gamma codes from byte ``offset``; returns them and the byte after the padding."""
     if n > 8 * (len(data) - offset):  # each code takes at least one bit: refuse before looping
         raise CorruptFileError(f"ANS model needs {n} more codes but only {len(data) - offset} bytes remain")
-    bits = bitarray()
-    bits.frombytes(data[offset:])
-    values = np.empty(n, dtype=np.int64)
-    pos = 0
-    for i in range(n):
-        try:
-            one = bits.index(1, pos, min(len(bits), pos + MAX_GAMMA_BITS))
-        except ValueError:
-            raise CorruptFileError(f"ANS model is truncated or damaged at code {i} of {n}") from None
-        length = one - pos + 1
-        if one + length > len(bits):
-            raise CorruptFileError(f"ANS model is truncated at code {i} of {n}")
-        values[i] = ba2int(bits[one : one + length])
-        pos = one + length
-    if bits[pos : -(-pos // 8) * 8].any():
-        raise CorruptFileError("ANS model has non-zero padding bits")
-    return values, offset + -(-pos // 8)
+    reader = _BitReader(data, offset)
+    values = np.array([reader.gamma(f"code {i} of {n}") for i in range(n)], dtype=np.int64)
+    return values, reader.end()
 
 
 class _Header(NamedTuple):
