@@ -27,13 +27,14 @@ others' pruning while all of them can still move; only clustering and encoding g
 layer (the paper's order inside its step 1 is unconfirmed, reference.md §1.4).
 
 Choosing ``t``: the stored filter (:attr:`WeightlessSettings.filter`: Bloomier as in the paper
-by default, ribbon in :data:`SETTINGS`) is swept over :attr:`WeightlessSettings.t_values`, each ``t`` with its brief retraining, and the
-smallest ``t`` whose validation error is within :attr:`WeightlessSettings.tolerance` points of
-the reference (:data:`REFERENCES`) is kept (:func:`choose_t`); the test split is only reported.
-The other filters (ribbon stores the same false-positive rate in ~18 % fewer bytes than
-Bloomier) are measured at every ``t`` and retrained once, at the chosen ``t``. The layer is also encoded with the deep
-codec at the same point (pruned and clustered, before any false positive): what the same
-weights cost in Deep Compression's format.
+by default, ribbon in :data:`SETTINGS`) is swept over :attr:`WeightlessSettings.t_values`, each
+``t`` with its brief retraining, and the smallest ``t`` whose validation error is within
+:attr:`WeightlessSettings.tolerance` points of the reference (:data:`REFERENCES`) is kept
+(:func:`choose_t`); the test split is only reported. The other filters (ribbon stores the same
+false-positive rate in ~18 % fewer bytes than Bloomier) are measured at every ``t`` and
+retrained once, at the chosen ``t``. The layer is also encoded with the deep codec at the same
+point (pruned and clustered, before any false positive): what the same weights cost in Deep
+Compression's format.
 
 The settings (:data:`SETTINGS`) reuse Deep Compression's baseline, retraining recipes and plans
 for the layers not chosen; the plans of the chosen layers (sparsity, ``K``) and the pruning
