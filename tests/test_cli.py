@@ -179,25 +179,21 @@ def test_decode_into_onnx(run, tmp_path):
 def test_reproduce_calls_the_pipeline(run, monkeypatch):
     calls = []
 
-    def reproduce(model, method, *, quick, seed, progress, data):
-        calls.append((model, method, quick, seed, progress, data))
+    def reproduce(model, method, *, quick, seed, progress, data, threads):
+        calls.append((model, method, quick, seed, progress, data, threads))
         return {"ratio": 41.5, "test_error": 1.61, "layers": [], "wcz_path": "x.wcz"}
 
     monkeypatch.setattr(weightcodec.cli, "reproduce", reproduce)
     code, out, _ = run("reproduce", "lenet5", "--method", "deep", "--quick", "--seed", "3", "-q")
-    assert code == 0 and calls == [("lenet5", "deep", True, 3, False, None)]
+    assert code == 0 and calls == [("lenet5", "deep", True, 3, False, None, 1)]
     assert out.splitlines() == ["ratio: 41.5", "test_error: 1.61", "wcz_path: x.wcz"]
 
 
-def test_reproduce_threads_sets_torch_threads(run, monkeypatch):
-    import torch
-
-    monkeypatch.setattr(weightcodec.cli, "reproduce", lambda *a, **k: {"ratio": 1.0})
-    threads = torch.get_num_threads()
-    try:
-        assert run("reproduce", "lenet5", "--threads", "1", "-q")[0] == 0 and torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(threads)
+def test_reproduce_threads_go_to_the_pipeline_one_by_default(run, monkeypatch):
+    seen = []
+    monkeypatch.setattr(weightcodec.cli, "reproduce", lambda *a, threads, **k: seen.append(threads) or {"ratio": 1.0})
+    assert run("reproduce", "lenet5", "--threads", "3", "-q")[0] == 0 and run("reproduce", "lenet5", "-q")[0] == 0
+    assert seen == [3, 1]
     assert run("reproduce", "lenet5", "--threads", "0")[0] == 2
 
 

@@ -29,6 +29,7 @@ from .codecs import deep, weightless
 from .errors import WeightcodecError
 from .pipelines.models import MODELS
 from .pipelines.reproduce import METHODS as REPRODUCE_METHODS
+from .pipelines.reproduce import THREADS as REPRODUCE_THREADS
 from .pipelines.reproduce import reproduce
 from .recipe import METHODS, load_recipe, recipe_from_options
 from .simplify import cluster
@@ -170,7 +171,11 @@ def _add_reproduce(commands, common) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and k-means (default 0)")
     p.add_argument("--data", type=Path, help="your MNIST (IDX folder or .npz) instead of the packaged copy")
     p.add_argument(
-        "--threads", type=_positive_int, help="CPU threads for training (default: PyTorch's; 1 is faster on a busy machine)"
+        "--threads",
+        type=_positive_int,
+        default=REPRODUCE_THREADS,
+        help=f"PyTorch CPU threads while it runs (default {REPRODUCE_THREADS}: the same file on every machine; "
+        "another count may give another file)",
     )
     p.set_defaults(run=_run_reproduce)
 
@@ -244,11 +249,9 @@ def _run_inspect(args: argparse.Namespace) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> None:
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    result = reproduce(args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data)
+    result = reproduce(
+        args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data, threads=args.threads
+    )
     _say(_format_result(result))
 
 

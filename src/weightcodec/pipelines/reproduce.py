@@ -20,11 +20,12 @@ import torch
 from .. import __version__ as weightcodec_version
 from ..container import atomic_write_bytes
 from ..errors import WeightcodecError
-from . import deep_compression, weightless
+from . import auto, deep_compression, weightless
+from .settings import DEEP, quick_deep
 from .data import Mnist, load_mnist
 from .models import MODELS
 
-__all__ = ["METHODS", "PAPER", "reproduce", "run_deep"]
+__all__ = ["METHODS", "PAPER", "THREADS", "reproduce", "run_deep"]
 
 # Table 1 of Deep Compression (reference.md §2.2): test error in percent and compression ratio.
 PAPER = {
@@ -36,10 +37,8 @@ Method = Callable[..., dict]
 
 
 def run_deep(model: str, mnist: Mnist, out_path: Path, *, quick: bool, seed: int, progress: bool) -> dict:
-    """Deep Compression of ``model`` with its settings from :data:`deep_compression.SETTINGS`."""
-    settings = deep_compression.SETTINGS[model]
-    if quick:
-        settings = deep_compression.quick_settings(settings)
+    """Deep Compression of ``model`` with its settings from :data:`.settings.DEEP`."""
+    settings = quick_deep(DEEP[model]) if quick else DEEP[model]
     metadata = {"model": model, "method": "deep", "seed": str(seed)}
     return deep_compression.run(model, mnist, settings, out_path, seed=seed, progress=progress, metadata=metadata)
 
@@ -48,7 +47,13 @@ METHODS: dict[str, Method] = {
     "deep": run_deep,
     "weightless": weightless.run_reproduce,  # the largest layer, as in the paper
     "weightless-all": partial(weightless.run_reproduce, every_layer=True),  # every weight layer, in order
+    "auto": auto.run_reproduce,  # per-layer choices, the smallest file within the error target (validation)
 }
+
+#: Intra-op threads ``reproduce`` runs with: summation order in torch's kernels depends on the
+#: thread count, and training amplifies the last-bit differences into different choices (a run
+#: with 2 threads chose another t than with 1). One thread makes the file the same on every machine.
+THREADS = 1
 
 
 def reproduce(
@@ -61,6 +66,7 @@ def reproduce(
     out_path: Path | None = None,
     progress: bool = True,
     data: Path | None = None,
+    threads: int = THREADS,
 ) -> dict:
     """Reproduce ``method`` on ``model``: train, compress to a file, decode, evaluate, write JSON.
 
@@ -82,6 +88,9 @@ def reproduce(
         Show progress bars.
     data : pathlib.Path, optional
         The user's MNIST (see :func:`.data.load_mnist`); otherwise the verified wheel copy.
+    threads : int
+        PyTorch's intra-op threads for the run (restored afterwards). The default,
+        :data:`THREADS`, gives the same file on every machine; the count is written to the JSON.
 
     Returns
     -------
@@ -108,7 +117,12 @@ def reproduce(
     out_path = Path(out_path) if out_path is not None else results_dir / f"{stem}.wcz"
     results_dir.mkdir(parents=True, exist_ok=True)
     mnist = load_mnist(data)
-    figures = METHODS[method](model, mnist, out_path, quick=quick, seed=seed, progress=progress)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        figures = METHODS[method](model, mnist, out_path, quick=quick, seed=seed, progress=progress)
+    finally:
+        torch.set_num_threads(previous_threads)
     result = {
         "model": model,
         "method": method,
@@ -118,7 +132,7 @@ def reproduce(
         "seconds": round(time.perf_counter() - start, 1),
         "paper": PAPER.get((model, method)),
         "data": mnist.source,
-        "environment": _environment(),
+        "environment": _environment(threads),
         "json_path": str(json_path),
         "wcz_path": str(out_path),
     }
@@ -126,10 +140,12 @@ def reproduce(
     return result
 
 
-def _environment() -> dict:
+def _environment(threads: int) -> dict:
     return {
         "weightcodec": weightcodec_version,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
+        "threads_note": f"reproduce sets torch's intra-op threads to {threads} for the run ({THREADS} by default, "
+        "so that the file is the same whatever the machine's thread count)",
     }
