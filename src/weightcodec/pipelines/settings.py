@@ -392,6 +392,8 @@ def _levels(names: tuple[str, ...], *sparsities: tuple[float, ...]) -> tuple[dic
 # density, so short DNS phases end in large cuts (LeNet-300, 8 epochs a level: valid error
 # 1.68 % before the cut to 98 %, 1.91 % after), while 40 epochs and a 10-epoch retraining after
 # the cut kept 98 % of fc1 at 1.38 % (the Weightless run). Fine-tuning each K tried: Adam, 5e-4.
+# LeNet-5's levels are short (5 + 1 epochs) to fit the time a full run had on a shared 2-core
+# machine; longer levels are the first thing to try for a lower error.
 AUTO: dict[str, AutoSettings] = {
     "lenet300": AutoSettings(
         deep=DEEP["lenet300"],
@@ -414,10 +416,10 @@ AUTO: dict[str, AutoSettings] = {
             (0.60, 0.93, 0.985, 0.90),
             (0.72, 0.965, 0.993, 0.945),
         ),
-        prune=replace(DEEP["lenet5"].retrain, epochs=8),
-        cut_epochs=2,
+        prune=replace(DEEP["lenet5"].retrain, epochs=5),
+        cut_epochs=1,
         bits=(2, 3, 4, 5, 6, 8),
-        finetune=replace(DEEP["lenet5"].finetune, epochs=1, lr=5e-4, subset=20_000),
+        finetune=replace(DEEP["lenet5"].finetune, epochs=1, lr=5e-4, subset=10_000),
         sweep=replace(DEEP["lenet5"].retrain, epochs=1, subset=10_000),
     ),
 }
