@@ -30,7 +30,8 @@ and never used, lands at or under ``E`` more often than not. The slack between t
 model's error and the budget is shared out: the pruning step may use ``prune_share`` of the
 slack over the baseline; weight ``j`` (network order) may reach the pruned error plus the slack
 times the share of the non-zeros up to and including ``j``, plus one standard error of noise
-(never above the budget); the biases may use the whole budget.
+(never above the budget); the biases may use the whole budget. A step that starts over its
+allowance (the pruning alone spent more) may still not make the error worse than it found it.
 
 Everything the search looked at (every level, every ``K``, every encoding tried, with its bytes
 and validation error) is returned in the trace, with the settings (:data:`.settings.AUTO`).
@@ -332,15 +333,17 @@ def search(
     records, layers, seen = {}, {}, 0
     for name in names:
         seen += nonzeros[name]
-        allowance = min(budget, pruned + max(budget - pruned, 0.0) * seen / max(sum(nonzeros.values()), 1) + noise)
-        clusters = _choose_clusters(state, name, plans[name].sparsity, allowance)
+        share = min(budget, pruned + max(budget - pruned, 0.0) * seen / max(sum(nonzeros.values()), 1) + noise)
+        before = state.valid()
+        allowance = max(share, before)  # over budget already: at least no worse than before the step
+        clusters = {"valid_error_before": before, **_choose_clusters(state, name, plans[name].sparsity, allowance)}
         records[name], encoding = _choose_encoding(state, name, allowance)
         freeze_(model, [name])
         layers[name] = {"sparsity": 1 - nonzeros[name] / model.get_parameter(name).numel(), "nonzeros": nonzeros[name],
                         "clusters": clusters, "encoding": encoding, "valid_error": state.valid()}  # fmt: skip
     small = {}
     for name in sorted((n for n in model.state_dict() if n not in records), key=lambda n: -model.state_dict()[n].numel()):
-        records[name], small[name] = _choose_small(state, name, budget)
+        records[name], small[name] = _choose_small(state, name, max(budget, state.valid()))
     state.timer.lap("small tensors")
     state.trace.update(pruned_valid_error=pruned, layers=layers, small=small, stage_seconds=state.timer.laps)
     return [records[name] for name in model.state_dict()], state.trace
