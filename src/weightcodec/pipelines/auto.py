@@ -206,7 +206,8 @@ def _choose_clusters(search: _Search, name: str, sparsity: float, allowance: flo
         if tried[-1]["valid_error"] <= allowance:
             break
     search.timer.lap(f"clusters {name}")
-    return {"allowance": allowance, "tried": tried, "bits": tried[-1]["bits"], "within": tried[-1]["valid_error"] <= allowance}
+    last = tried[-1]
+    return {"allowance": allowance, "tried": tried, "bits": last["bits"], "within": last["valid_error"] <= allowance}
 
 
 def _deep_records(name: str, tensor: torch.Tensor, settings: AutoSettings) -> list[container.TensorRecord]:
@@ -255,7 +256,8 @@ def _choose_encoding(search: _Search, name: str, allowance: float) -> tuple[cont
 
 def _small_candidates(name: str, tensor: torch.Tensor, settings: AutoSettings, seed: int):
     """(record, values the file gives back) for every way of storing a small tensor, fewest bytes first."""
-    candidates = [(encode_tensor(name, tensor, "raw"), tensor), (encode_tensor(name, tensor.half(), "raw"), tensor.half().float())]
+    half = tensor.half()
+    candidates = [(encode_tensor(name, tensor, "raw"), tensor), (encode_tensor(name, half, "raw"), half.float())]
     distinct = int(torch.unique(tensor[tensor != 0]).numel())
     for bits in settings.bias_bits:
         if 2**bits < distinct:
@@ -354,7 +356,11 @@ def _check_settings(settings: AutoSettings, order: list[str]) -> None:
     if not settings.levels:
         problems.append("no pruning level")
     names = set(settings.levels[0]) if settings.levels else set()
-    problems += [f"level {i} names {sorted(level)}, level 0 {sorted(names)}" for i, level in enumerate(settings.levels) if set(level) != names]
+    problems += [
+        f"level {i} names {sorted(level)}, level 0 {sorted(names)}"
+        for i, level in enumerate(settings.levels)
+        if set(level) != names
+    ]
     problems += [f"unknown weight {name!r}" for name in sorted(names) if name not in order]
     if settings.pruning not in PRUNERS:
         problems.append(f"unknown pruning {settings.pruning!r} (choose one of {sorted(PRUNERS)})")
@@ -437,7 +443,8 @@ def _choices(wcz: container.WczFile, trace: dict) -> list[dict]:
                "meta": {k: v for k, v in record.encoded.meta.items() if isinstance(v, (int, float, str))}}  # fmt: skip
         layer = trace["layers"].get(record.name)
         if layer is not None:
-            row.update(sparsity=layer["sparsity"], clusters=2 ** layer["clusters"]["bits"], valid_error_after=layer["valid_error"])
+            clusters = 2 ** layer["clusters"]["bits"]
+            row.update(sparsity=layer["sparsity"], clusters=clusters, valid_error_after=layer["valid_error"])
         rows.append(row)
     return rows
 
