@@ -201,7 +201,7 @@ class SharedWeights(nn.Module):
         kept = self.mask.flatten()
         codes = self.codes.flatten()[kept]
         values = weight.detach().flatten()[kept].to(torch.float64)
-        sums = torch.zeros(self.k, dtype=torch.float64).index_add_(0, codes, values)
+        sums = torch.zeros(self.k, dtype=torch.float64, device=values.device).index_add_(0, codes, values)
         counts = torch.bincount(codes, minlength=self.k).clamp(min=1)
         return (sums / counts).to(weight.dtype)
 
@@ -253,7 +253,8 @@ def share_weights_(
         raise EncodeError(f"{type(module).__name__}.{name} is all zeros: nothing to cluster")
     full_codes = torch.zeros(weight.numel(), dtype=torch.long)
     full_codes[mask.flatten()] = torch.from_numpy(codes)
-    shared = SharedWeights(full_codes.view(weight.shape), mask, k)
+    # the codes and the mask live beside the weight (a GPU model keeps its ties on the GPU)
+    shared = SharedWeights(full_codes.view(weight.shape).to(weight.device), mask.to(weight.device), k)
     parametrize.register_parametrization(module, name, shared, unsafe=True)
     with torch.no_grad():
         module.parametrizations[name].original.copy_(torch.from_numpy(centroids))
