@@ -21,6 +21,10 @@ Fine-tuning (Eq. 3): :func:`share_weights_` ties ``module.weight`` to
 trained Parameter, so autograd gives centroid ``k`` the *sum* of the gradients of the weights
 whose code is ``k``: ``dL/dC_k = sum_ij dL/dW_ij 1(I_ij = k)``. :func:`make_permanent_` turns the
 tied weight back into a plain Parameter.
+
+k-means runs on the CPU (NumPy) whatever the model's device: a GPU weight's non-zeros are copied
+to the host, and the codes and mask of :class:`SharedWeights` go back to the weight's device, so
+fine-tuning stays there. It costs about one sort of the non-zeros (benchmarks/results/throughput.md).
 """
 
 from __future__ import annotations

@@ -1,0 +1,185 @@
+"""Weights per second and memory per weight of every stage, on one large layer: the inputs of docs/scaling.md.
+
+One 4096 x 4096 float32 layer (16.8 M weights, the size of a 7B transformer's attention
+projection), drawn dense from N(0, 0.02), goes through the stages a model goes through:
+
+* ``prune``: :func:`weightcodec.simplify.prune.magnitude_mask` to 90 % sparsity (torch, CPU);
+* ``kmeans``: :func:`weightcodec.simplify.cluster.kmeans_1d` of the 1.68 M kept weights into 16
+  clusters, linear initialisation (NumPy, CPU; what a GPU run does too);
+* ``deep_encode`` / ``deep_decode``: the deep codec with ``index_bits="auto"`` (tries 1..12,
+  the pipelines' default) and Huffman; ``deep_encode_b8`` with a fixed 8-bit gap field;
+* ``weightless_encode`` / ``weightless_decode``: the weightless codec, ribbon filter, ``t = 8``
+  (false positives 16 / 256 of the zeros).
+
+Each stage runs in its own subprocess, which reports its wall-clock seconds and its peak RSS
+above the RSS it had with its input loaded (the peak is reset first through
+``/proc/self/clear_refs``; Linux), so the working set the stage adds.
+Baselines measured in the same run: ``np.sort`` of the kept weights (k-means is a sort plus
+O(k log n) per iteration) and writing a dense float32 layer (the floor of any decoder).
+The machine is shared with other jobs (2 cores): timings are upper bounds.
+
+Writes ``benchmarks/results/throughput.json`` and ``throughput.md``::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_throughput.py
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from _common import dense_write, machine, machine_line, timed, write_results
+
+ROWS, COLS = 4096, 4096
+SPARSITY = 0.9
+CLUSTERS = 16
+T_BITS = 8
+SEED = 0
+FLOAT32_BYTES = 4
+DEEP_FIXED_BITS = 8
+STAGES = ("baseline_dense_write", "baseline_sort", "prune", "kmeans", "deep_encode", "deep_encode_b8", "deep_decode",
+          "weightless_encode", "weightless_decode")  # fmt: skip
+# stages whose work is over the kept weights only; the others touch every weight
+PER_NONZERO = {"baseline_sort", "kmeans"}
+
+
+def dense_layer() -> np.ndarray:
+    return np.random.default_rng(SEED).normal(0.0, 0.02, (ROWS, COLS)).astype(np.float32)
+
+
+def pruned_layer():
+    """The dense layer magnitude-pruned to ``SPARSITY`` (a torch tensor): k-means' input."""
+    import torch
+
+    from weightcodec.simplify import prune
+
+    weight = torch.from_numpy(dense_layer())
+    return weight * prune.magnitude_mask(weight, sparsity=SPARSITY)
+
+
+def simplified_layer() -> np.ndarray:
+    """The layer pruned and clustered as the pipelines do: the codecs' input."""
+    from weightcodec.simplify import cluster
+
+    return cluster.quantize(pruned_layer(), CLUSTERS).numpy()
+
+
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``), in bytes."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(f"{field}:"))
+
+
+def _reset_peak_rss() -> int:
+    """Reset the peak RSS to the RSS now (Linux: ``5`` into /proc/self/clear_refs); return it."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return _status_bytes("VmRSS")
+
+
+def run_stage(stage: str) -> dict:
+    """Prepare the stage's input, then time the stage alone; peak RSS it adds above its input."""
+    import torch
+
+    from weightcodec.codecs import deep, weightless
+    from weightcodec.simplify import cluster, prune
+
+    if stage in ("prune", "baseline_dense_write"):
+        weight = torch.from_numpy(dense_layer())
+    elif stage in ("kmeans", "baseline_sort"):
+        pruned = pruned_layer().numpy()
+        kept = pruned[pruned != 0]
+    else:
+        layer = simplified_layer()
+    encoders = {"deep_decode": deep.encode, "weightless_decode": lambda a: weightless.encode(a, t=T_BITS, filter="ribbon", seed=SEED)}
+    if stage in encoders:
+        encoded = encoders[stage](layer)
+        warm = encoders[stage](layer[:64, :64])  # compile the numba kernels on a small layer, outside the timing
+        codec = deep if stage == "deep_decode" else weightless
+        codec.decode(warm.meta, warm.sections, (64, 64))
+    steps = {
+        "baseline_dense_write": lambda: dense_write(ROWS * COLS),
+        "baseline_sort": lambda: np.sort(kept.astype(np.float64)),
+        "prune": lambda: prune.magnitude_mask(weight, sparsity=SPARSITY),
+        "kmeans": lambda: cluster.kmeans_1d(kept, CLUSTERS),
+        "deep_encode": lambda: deep.encode(layer),
+        "deep_encode_b8": lambda: deep.encode(layer, index_bits=DEEP_FIXED_BITS),
+        "deep_decode": lambda: deep.decode(encoded.meta, encoded.sections, (ROWS, COLS)),
+        "weightless_encode": lambda: weightless.encode(layer, t=T_BITS, filter="ribbon", seed=SEED),
+        "weightless_decode": lambda: weightless.decode(encoded.meta, encoded.sections, (ROWS, COLS)),
+    }
+    before = _reset_peak_rss()
+    result, seconds = timed(steps[stage])
+    out = {"stage": stage, "seconds": seconds, "rss_above_input_bytes": max(_status_bytes("VmHWM") - before, 0)}
+    if stage.endswith("encode"):
+        out["encoded_bytes"] = sum(len(s) for s in result.sections.values())
+    if stage.endswith("_decode"):
+        out["exact_nonzeros"] = bool(np.array_equal(result[layer != 0], layer[layer != 0]))
+    return out
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--stage":
+        print(json.dumps(run_stage(sys.argv[2])))
+        return
+    weights, nonzeros = ROWS * COLS, round((1 - SPARSITY) * ROWS * COLS)
+    stages = {}
+    for stage in STAGES:
+        done = subprocess.run([sys.executable, __file__, "--stage", stage], capture_output=True, text=True, check=True)
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        over = nonzeros if stage in PER_NONZERO else weights
+        figures["items"] = "kept weights" if stage in PER_NONZERO else "weights"
+        figures["weights_per_second"] = over / figures["seconds"]
+        figures["peak_bytes_per_weight"] = figures["rss_above_input_bytes"] / over
+        stages[stage] = figures
+        print(f"{stage}: {figures['seconds']:.2f} s, {figures['weights_per_second'] / 1e6:.1f} M {figures['items']}/s, "
+              f"+{figures['rss_above_input_bytes'] / 2**20:.0f} MiB", flush=True)  # fmt: skip
+    report = {
+        "layer": {"shape": [ROWS, COLS], "weights": weights, "nonzeros": nonzeros, "sparsity": SPARSITY,
+                  "clusters": CLUSTERS, "t": T_BITS, "init": "N(0, 0.02)"},  # fmt: skip
+        "stages": stages,
+        "ratios": {
+            "kmeans_over_sort": stages["kmeans"]["seconds"] / stages["baseline_sort"]["seconds"],
+            "deep_decode_over_dense_write": stages["deep_decode"]["seconds"] / stages["baseline_dense_write"]["seconds"],
+            "weightless_decode_over_dense_write": stages["weightless_decode"]["seconds"] / stages["baseline_dense_write"]["seconds"],
+        },
+        "machine": machine(),
+    }
+    write_results("throughput", report, markdown(report))
+
+
+def markdown(report: dict) -> str:
+    layer = report["layer"]
+    lines = [
+        "# Throughput of each stage on one large layer",
+        "",
+        f"One {layer['shape'][0]} x {layer['shape'][1]} float32 layer ({layer['weights'] / 1e6:.1f} M weights, "
+        f"N(0, 0.02)), pruned to {layer['sparsity']:.0%} sparsity ({layer['nonzeros'] / 1e6:.2f} M kept), "
+        f"{layer['clusters']} clusters; weightless: ribbon, t = {layer['t']}. Each stage in its own process, "
+        "one thread; memory is the peak RSS the stage adds above its input. `benchmarks/bench_throughput.py`.",
+        "",
+        "| stage | seconds | M items / s | items | added peak MiB | bytes / item | output bytes |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for stage, f in report["stages"].items():
+        lines.append(
+            f"| {stage} | {f['seconds']:.2f} | {f['weights_per_second'] / 1e6:.1f} | {f['items']} | "
+            f"{f['rss_above_input_bytes'] / 2**20:.0f} | {f['peak_bytes_per_weight']:.2f} | {f.get('encoded_bytes', '')} |"
+        )
+    r = report["ratios"]
+    lines += [
+        "",
+        f"Against the baselines of the same run: k-means takes {r['kmeans_over_sort']:.1f}x one sort of the kept "
+        f"weights; deep decode {r['deep_decode_over_dense_write']:.0f}x and weightless decode "
+        f"{r['weightless_decode_over_dense_write']:.0f}x the time of writing the dense layer.",
+        "",
+        machine_line(report["machine"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
