@@ -18,14 +18,20 @@ Baselines measured in the same run: ``np.sort`` of the kept weights (k-means is 
 O(k log n) per iteration) and writing a dense float32 layer (the floor of any decoder).
 The machine is shared with other jobs (2 cores): timings are upper bounds.
 
+From the rates, the time of each stage for every weight of a 7B-parameter model (Llama-2-7B's
+shapes) and the memory of its largest tensor (:func:`projection_7b`), quoted by docs/scaling.md.
+
 Writes ``benchmarks/results/throughput.json`` and ``throughput.md``::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_throughput.py
+    python benchmarks/bench_throughput.py
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
+import os
 import subprocess
 import sys
 
@@ -41,6 +47,7 @@ FLOAT32_BYTES = 4
 DEEP_FIXED_BITS = 8
 STAGES = ("baseline_dense_write", "baseline_sort", "prune", "kmeans", "deep_encode", "deep_encode_b8", "deep_decode",
           "weightless_encode", "weightless_decode")  # fmt: skip
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}  # per-core rates: torch and numba on one thread
 # stages whose work is over the kept weights only; the others touch every weight
 PER_NONZERO = {"baseline_sort", "kmeans"}
 
@@ -73,7 +80,13 @@ def _status_bytes(field: str) -> int:
 
 
 def _reset_peak_rss() -> int:
-    """Reset the peak RSS to the RSS now (Linux: ``5`` into /proc/self/clear_refs); return it."""
+    """Return freed memory to the system, reset the peak RSS to the RSS now (Linux); return it.
+
+    Without ``malloc_trim`` a stage could reuse memory its input preparation freed but kept,
+    and seem to need none.
+    """
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
     return _status_bytes("VmRSS")
@@ -113,7 +126,7 @@ def run_stage(stage: str) -> dict:
     before = _reset_peak_rss()
     result, seconds = timed(steps[stage])
     out = {"stage": stage, "seconds": seconds, "rss_above_input_bytes": max(_status_bytes("VmHWM") - before, 0)}
-    if stage.endswith("encode"):
+    if "_encode" in stage:
         out["encoded_bytes"] = sum(len(s) for s in result.sections.values())
     if stage.endswith("_decode"):
         out["exact_nonzeros"] = bool(np.array_equal(result[layer != 0], layer[layer != 0]))
@@ -127,7 +140,8 @@ def main() -> None:
     weights, nonzeros = ROWS * COLS, round((1 - SPARSITY) * ROWS * COLS)
     stages = {}
     for stage in STAGES:
-        done = subprocess.run([sys.executable, __file__, "--stage", stage], capture_output=True, text=True, check=True)
+        done = subprocess.run([sys.executable, __file__, "--stage", stage], capture_output=True, text=True, check=True,
+                              env={**os.environ, **ONE_THREAD})  # fmt: skip
         figures = json.loads(done.stdout.strip().splitlines()[-1])
         over = nonzeros if stage in PER_NONZERO else weights
         figures["items"] = "kept weights" if stage in PER_NONZERO else "weights"
@@ -147,7 +161,40 @@ def main() -> None:
         },
         "machine": machine(),
     }
+    report["projection_7b"] = projection_7b(stages, SPARSITY)
     write_results("throughput", report, markdown(report))
+
+
+# A 7B-parameter decoder (Llama-2-7B's shapes): (rows, cols, count) of its 2-D weights
+MODEL_7B = {
+    "name": "Llama-2-7B shapes (32 layers, d=4096, MLP 11008, vocabulary 32000)",
+    "tensors": [(32000, 4096, 2), (4096, 4096, 4 * 32), (11008, 4096, 2 * 32), (4096, 11008, 32)],
+    "other_weights": 4096 * (2 * 32 + 1),  # the RMS norms, stored raw
+}
+CORES_7B = 16  # one machine's cores working on different tensors at once
+
+
+def projection_7b(stages: dict, sparsity: float) -> dict:
+    """Seconds per stage for every weight of :data:`MODEL_7B`, and the peak memory of one tensor.
+
+    Time: weights (kept weights for the per-kept stages) over the measured rate, on one core and
+    on :data:`CORES_7B` cores working on different tensors (assumes linear scaling). Memory:
+    the largest tensor's float32 input plus the working set per weight measured above.
+    """
+    weights = sum(r * c * n for r, c, n in MODEL_7B["tensors"])
+    largest = max(r * c for r, c, _ in MODEL_7B["tensors"])
+    out = {"model": MODEL_7B["name"], "weights": weights, "largest_tensor": largest, "cores": CORES_7B, "stages": {}}
+    for stage, f in stages.items():
+        if stage.startswith("baseline"):
+            continue
+        share = (1 - sparsity) if stage in PER_NONZERO else 1.0
+        seconds = weights * share / f["weights_per_second"]
+        out["stages"][stage] = {
+            "seconds_one_core": seconds,
+            f"seconds_{CORES_7B}_cores": seconds / CORES_7B,
+            "largest_tensor_peak_bytes": largest * (FLOAT32_BYTES + share * f["peak_bytes_per_weight"]),
+        }
+    return out
 
 
 def markdown(report: dict) -> str:
@@ -158,7 +205,9 @@ def markdown(report: dict) -> str:
         f"One {layer['shape'][0]} x {layer['shape'][1]} float32 layer ({layer['weights'] / 1e6:.1f} M weights, "
         f"N(0, 0.02)), pruned to {layer['sparsity']:.0%} sparsity ({layer['nonzeros'] / 1e6:.2f} M kept), "
         f"{layer['clusters']} clusters; weightless: ribbon, t = {layer['t']}. Each stage in its own process, "
-        "one thread; memory is the peak RSS the stage adds above its input. `benchmarks/bench_throughput.py`.",
+        "on one thread (OMP_NUM_THREADS = NUMBA_NUM_THREADS = 1; the machine line below describes the parent); memory "
+        "is the peak RSS the stage adds above its input. The machine is shared (see its load): timings are upper "
+        "bounds. `benchmarks/bench_throughput.py`.",
         "",
         "| stage | seconds | M items / s | items | added peak MiB | bytes / item | output bytes |",
         "|---|---:|---:|---|---:|---:|---:|",
@@ -178,7 +227,22 @@ def markdown(report: dict) -> str:
         machine_line(report["machine"]),
         "",
     ]
-    return "\n".join(lines)
+    p = report["projection_7b"]
+    lines += [
+        f"## Projected to a 7B model: {p['model']}",
+        "",
+        f"{p['weights'] / 1e9:.2f} G weights in 2-D tensors, the largest {p['largest_tensor'] / 1e6:.0f} M. Time = weights "
+        f"(kept weights for k-means) / the rate above, on one core and on {p['cores']} cores each taking whole tensors; "
+        "memory = the largest tensor as float32 plus the working set per weight above.",
+        "",
+        f"| stage | hours, 1 core | minutes, {p['cores']} cores | peak GiB for the largest tensor |",
+        "|---|---:|---:|---:|",
+    ]
+    parallel = f"seconds_{p['cores']}_cores"
+    for stage, f in p["stages"].items():
+        lines.append(f"| {stage} | {f['seconds_one_core'] / 3600:.2f} | {f[parallel] / 60:.1f} | "
+                     f"{f['largest_tensor_peak_bytes'] / 2**30:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
