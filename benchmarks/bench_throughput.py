@@ -45,6 +45,7 @@ T_BITS = 8
 SEED = 0
 FLOAT32_BYTES = 4
 DEEP_FIXED_BITS = 8
+WEIGHTLESS_PARAMS = {"t": T_BITS, "filter": "ribbon", "seed": SEED}
 STAGES = ("baseline_dense_write", "baseline_sort", "prune", "kmeans", "deep_encode", "deep_encode_b8", "deep_decode",
           "weightless_encode", "weightless_decode")  # fmt: skip
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}  # per-core rates: torch and numba on one thread
@@ -106,11 +107,11 @@ def run_stage(stage: str) -> dict:
         kept = pruned[pruned != 0]
     else:
         layer = simplified_layer()
-    encoders = {"deep_decode": deep.encode, "weightless_decode": lambda a: weightless.encode(a, t=T_BITS, filter="ribbon", seed=SEED)}
-    if stage in encoders:
-        encoded = encoders[stage](layer)
-        warm = encoders[stage](layer[:64, :64])  # compile the numba kernels on a small layer, outside the timing
-        codec = deep if stage == "deep_decode" else weightless
+    codecs = {"deep_decode": (deep, {}), "weightless_decode": (weightless, WEIGHTLESS_PARAMS)}
+    if stage in codecs:
+        codec, params = codecs[stage]
+        encoded = codec.encode(layer, **params)
+        warm = codec.encode(layer[:64, :64], **params)  # compile the numba kernels on a small layer, outside the timing
         codec.decode(warm.meta, warm.sections, (64, 64))
     steps = {
         "baseline_dense_write": lambda: dense_write(ROWS * COLS),
@@ -120,7 +121,7 @@ def run_stage(stage: str) -> dict:
         "deep_encode": lambda: deep.encode(layer),
         "deep_encode_b8": lambda: deep.encode(layer, index_bits=DEEP_FIXED_BITS),
         "deep_decode": lambda: deep.decode(encoded.meta, encoded.sections, (ROWS, COLS)),
-        "weightless_encode": lambda: weightless.encode(layer, t=T_BITS, filter="ribbon", seed=SEED),
+        "weightless_encode": lambda: weightless.encode(layer, **WEIGHTLESS_PARAMS),
         "weightless_decode": lambda: weightless.decode(encoded.meta, encoded.sections, (ROWS, COLS)),
     }
     before = _reset_peak_rss()
@@ -156,8 +157,8 @@ def main() -> None:
         "stages": stages,
         "ratios": {
             "kmeans_over_sort": stages["kmeans"]["seconds"] / stages["baseline_sort"]["seconds"],
-            "deep_decode_over_dense_write": stages["deep_decode"]["seconds"] / stages["baseline_dense_write"]["seconds"],
-            "weightless_decode_over_dense_write": stages["weightless_decode"]["seconds"] / stages["baseline_dense_write"]["seconds"],
+            **{f"{codec}_decode_over_dense_write": stages[f"{codec}_decode"]["seconds"] / stages["baseline_dense_write"]["seconds"]
+               for codec in ("deep", "weightless")},  # fmt: skip
         },
         "machine": machine(),
     }

@@ -269,7 +269,9 @@ def _run_reproduce(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with distributed.launch(args.device) as runtime:
-        result = reproduce(args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data)
+        result = reproduce(
+            args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data
+        )
         if runtime.is_main:
             _say(_format_result(result))
 

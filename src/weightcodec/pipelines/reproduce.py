@@ -126,7 +126,9 @@ def reproduce(
         figures = METHODS[method](model, mnist, out_path, quick=quick, seed=seed, progress=progress and runtime.is_main)
         digests = distributed.gather_object(hashlib.sha256(out_path.read_bytes()).hexdigest())
     if len(set(digests)) > 1:
-        raise WeightcodecError(f"the ranks of this job wrote different files (sha256 by rank: {digests}); it is a bug, please report it")
+        raise WeightcodecError(
+            f"the ranks of this job wrote different files (sha256 by rank: {digests}); it is a bug, please report it"
+        )
     result = {
         "model": model,
         "method": method,
