@@ -241,7 +241,13 @@ def train(
     ------
     WeightcodecError
         If ``config`` names an unknown optimiser or schedule, or ``train_only`` names no
-        trainable parameter.
+        trainable parameter; in a job, if the ranks do not hold the same model when it starts.
+
+    Notes
+    -----
+    In a job of several processes (:func:`weightcodec.distributed.current`) each rank trains on
+    its shard of every batch (:meth:`ArrayLoader.sharded`) through DistributedDataParallel, and
+    only rank 0 shows the bar. The batches go to the model's device.
     """
     _check_config(config)
     runtime = distributed.current()
