@@ -181,18 +181,29 @@ def test_reproduce_calls_the_pipeline(run, monkeypatch):
 
     def reproduce(model, method, *, quick, seed, progress, data):
         calls.append((model, method, quick, seed, progress, data))
-        return {"ratio": 41.5, "test_error": 1.61, "layers": [], "wcz_path": "x.wcz"}
+        return {"model": model, "method": method, "quick": quick, "baseline_test_error": 9.0, "test_error": 11.894,
+                "file_bytes": 21903, "ratio": 48.66478050561285, "layers": [], "seconds": 95.4,
+                "json_path": "r.json", "wcz_path": "r.wcz"}
 
     monkeypatch.setattr(weightcodec.cli, "reproduce", reproduce)
-    code, out, _ = run("reproduce", "lenet5", "--method", "deep", "--quick", "--seed", "3", "-q")
-    assert code == 0 and calls == [("lenet5", "deep", True, 3, False, None)]
-    assert out.splitlines() == ["ratio: 41.5", "test_error: 1.61", "wcz_path: x.wcz"]
+    code, out, _ = run("reproduce", "lenet300", "--method", "deep", "--quick", "--seed", "3", "-q")
+    assert code == 0 and calls == [("lenet300", "deep", True, 3, False, None)]
+    assert out.splitlines() == [
+        "lenet300 --method deep --quick: a smoke run on a small training budget; its errors are far above a full run's",
+        "figure                     this run  full run (committed)   paper",
+        "baseline test error          9.00 %                0.93 %  1.64 %",
+        "test error (decoded file)   11.89 %                1.27 %  1.58 %",
+        "file                       21,903 B              19,734 B       -",
+        "ratio vs float32              48.7x                 54.0x   40.0x",
+        "took 95 s; wrote r.json and r.wcz",
+    ]
 
 
 def test_reproduce_threads_sets_torch_threads(run, monkeypatch):
     import torch
 
-    monkeypatch.setattr(weightcodec.cli, "reproduce", lambda *a, **k: {"ratio": 1.0})
+    monkeypatch.setattr(weightcodec.cli, "reproduce", lambda *a, **k: {"model": "lenet5", "method": "deep", "quick": False,
+                                                                       "seconds": 1.0, "json_path": "r.json", "wcz_path": "r.wcz"})
     threads = torch.get_num_threads()
     try:
         assert run("reproduce", "lenet5", "--threads", "1", "-q")[0] == 0 and torch.get_num_threads() == 1
@@ -227,6 +238,47 @@ def test_unreadable_input(run, tmp_path):
     code, _, err = run("decode", tmp_path / "folder.wcz", "-o", tmp_path / "o.pt")
     assert code == 1
     assert_one_line_error(err, "is a directory, expected a .wcz file")
+
+
+STATE_DICT_KINDS = "a .pt/.pth written by torch.save(model.state_dict(), path), or a .safetensors file"
+
+
+def test_encode_a_directory_says_so(run, tmp_path):
+    (tmp_path / "weights").mkdir()
+    code, out, err = run("encode", tmp_path / "weights", "-o", tmp_path / "o.wcz", "--codec", "deep")
+    assert (code, out) == (1, "")
+    assert err == f"weightcodec: error: {tmp_path / 'weights'}: is a directory, expected a state_dict file ({STATE_DICT_KINDS})\n"
+
+
+def test_encode_an_empty_or_foreign_pt_gets_no_whole_model_hint(run, tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "notes.pt").write_text("hello world")
+    code, _, err = run("encode", tmp_path / "empty.pt", "-o", tmp_path / "o.wcz", "--codec", "deep")
+    assert code == 1
+    assert err == f"weightcodec: error: {tmp_path / 'empty.pt'}: the file is empty (0 bytes), expected a state_dict file ({STATE_DICT_KINDS})\n"
+    code, _, err = run("encode", tmp_path / "notes.pt", "-o", tmp_path / "o.wcz", "--codec", "deep")
+    assert code == 1
+    assert err == (f"weightcodec: error: {tmp_path / 'notes.pt'}: not a file torch.load can read (KeyError); "
+                   f"expected a state_dict file ({STATE_DICT_KINDS})\n")
+    only_inputs_left(tmp_path, "empty.pt", "notes.pt")
+
+
+def test_weightless_without_t_names_the_flag(run, weights, tmp_path):
+    code, _, err = run("encode", weights[0], "-o", tmp_path / "o.wcz", "--codec", "weightless")
+    assert code == 1
+    assert err == ("weightcodec: error: --codec weightless needs --t T, the bits per filter cell: a pruned weight "
+                   "decodes non-zero with probability K / 2**T (e.g. --t 10 with the default 32 clusters: 3.1 %)\n")
+
+
+@pytest.mark.parametrize("command", [["decode", "-o", "out.pt"], ["inspect"]])
+@pytest.mark.parametrize("content, message", [(b"", "the file is empty (0 bytes), not a .wcz file"),
+                                              (b"PK\x03\x04 a zip", "not a .wcz file (wrong magic bytes)")])
+def test_empty_or_foreign_wcz_names_the_file(run, tmp_path, command, content, message):
+    (tmp_path / "in.wcz").write_bytes(content)
+    code, out, err = run(command[0], tmp_path / "in.wcz", *[tmp_path / a if a.endswith(".pt") else a for a in command[1:]])
+    assert (code, out) == (1, "")
+    assert err == f"weightcodec: error: {tmp_path / 'in.wcz'}: {message}\n"
+    only_inputs_left(tmp_path, "in.wcz")
 
 
 def encoded_file(run, weights, tmp_path) -> bytes:
