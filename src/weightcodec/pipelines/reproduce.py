@@ -123,7 +123,7 @@ def reproduce(
     json_path = results_dir / f"{stem}.json"
     out_path = Path(out_path) if out_path is not None else results_dir / f"{stem}.wcz"
     results_dir.mkdir(parents=True, exist_ok=True)
-    mnist = load_mnist(data)
+    mnist = load_mnist(data, progress=progress)
     figures = METHODS[method](model, mnist, out_path, quick=quick, seed=seed, progress=progress)
     result = {
         "model": model,
