@@ -3,6 +3,7 @@ import re
 import shlex
 import shutil
 import struct
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -409,9 +410,57 @@ def tour_blocks() -> list[tuple[str, str]]:
     return re.findall(r"```(\w+)\n(.*?)```", tour, re.S)
 
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+# what the tour reads from the root of a clone: the install line's files and the example
+TOUR_INPUTS = ("examples", "constraints.txt", "pyproject.toml")
+
+
+def check_install_line(words: list[str]) -> None:
+    """What ``pip install -c FILE -e 'PATH[extras]'`` needs, checked in the working folder (a real install is minutes)."""
+    project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]
+    options = iter(words)
+    for option in options:
+        value = next(options, "")
+        if option == "-c":
+            assert Path(value).is_file(), f"pip install -c {value}: no such file in the tour's folder {Path.cwd()}"
+        elif option == "-e":
+            path, _, extras = value.partition("[")
+            pyproject = Path(path) / "pyproject.toml"
+            assert pyproject.is_file(), f"pip install -e {value}: no pyproject.toml in {Path(path).resolve()}"
+            assert tomllib.loads(pyproject.read_text())["project"]["name"] == project["name"]
+            unknown = set(filter(None, extras.rstrip("]").split(","))) - set(project["optional-dependencies"])
+            assert not unknown, f"pip install -e {value}: no such extras {unknown}"
+        else:
+            pytest.fail(f"the tour test does not know pip install {option!r}")
+
+
+def run_shell_line(line: str, monkeypatch) -> None:
+    """Run one line of a bash block, step by step (``&&``); fail on a step it does not know."""
+    for step in line.split("&&"):
+        words = shlex.split(step)
+        if words[:3] == ["python3", "-m", "venv"] or words[:1] == ["."]:
+            continue  # the tests already run in the environment these make
+        if words[:2] == ["pip", "install"]:
+            check_install_line(words[2:])
+        elif words[:2] == ["mkdir", "-p"]:
+            Path(words[2]).mkdir(parents=True, exist_ok=True)
+        elif words[0] == "cd":
+            monkeypatch.chdir(words[1])
+        elif words[0] == "weightcodec":
+            assert main(words[1:] + ["--quiet"]) == 0, line
+        else:
+            pytest.fail(f"the tour test does not know how to run {step.strip()!r}; teach run_shell_line")
+
+
 def test_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    shutil.copytree(EXAMPLES, tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    clone = tmp_path / "clone"  # the tour runs from the root of a clone: a copy of what it uses
+    clone.mkdir()
+    for name in TOUR_INPUTS:
+        if (REPOSITORY / name).is_dir():
+            shutil.copytree(REPOSITORY / name, clone / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPOSITORY / name, clone / name)
+    monkeypatch.chdir(clone)
     namespace, inspected, shown = {}, None, None
     for language, code in tour_blocks():
         if language == "python":
@@ -422,13 +471,11 @@ def test_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
             if claimed:
                 assert len(namespace["data"]) == int(claimed.group(1)), "README's byte count is stale"
         elif language == "toml":
-            (tmp_path / code.splitlines()[0].lstrip("# ")).write_text(code)
+            Path(code.splitlines()[0].lstrip("# ")).write_text(code)
         elif language == "bash":
             for line in code.strip().splitlines():
-                if "pip install" in line:
-                    continue  # the install step is what the test environment already did
                 capsys.readouterr()
-                assert main(shlex.split(line)[1:] + ["--quiet"]) == 0, line
+                run_shell_line(line, monkeypatch)
                 if line == "weightcodec inspect model.wcz":
                     inspected = capsys.readouterr().out
         elif language == "text":
@@ -437,4 +484,24 @@ def test_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     assert all(row in inspected.splitlines() for row in shown), "README's inspect table is stale"
     for name in ("model.wcz", "model-cli.wcz", "model-recipe.wcz", "tiny.wcz", "model.png", "restored.safetensors",
                  "model-compressed.onnx"):
-        assert (tmp_path / name).stat().st_size > 0
+        assert (Path.cwd() / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("line, message", [
+    ("pip install -c constraints.txt -e '.[onnx]'", "pip install -c constraints.txt: no such file"),
+    ("pip install -e '.[gpu]'", "no pyproject.toml"),
+    ("make tour", "does not know how to run 'make tour'"),
+])
+def test_tour_runner_refuses_what_would_fail(tmp_path, monkeypatch, line, message):
+    monkeypatch.chdir(tmp_path)  # a folder holding only a copy of examples/: the tour's old, broken premise
+    shutil.copytree(EXAMPLES, tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    with pytest.raises(pytest.fail.Exception if "make" in line else AssertionError, match=re.escape(message)):
+        run_shell_line(line, monkeypatch)
+
+
+def test_tour_runner_checks_the_extras(tmp_path, monkeypatch):
+    shutil.copy(REPOSITORY / "pyproject.toml", tmp_path / "pyproject.toml")
+    monkeypatch.chdir(tmp_path)
+    run_shell_line("pip install -e '.[onnx]'", monkeypatch)
+    with pytest.raises(AssertionError, match="no such extras {'gpu'}"):
+        run_shell_line("pip install -e '.[onnx,gpu]'", monkeypatch)
