@@ -26,7 +26,7 @@ from .models import MODELS
 
 __all__ = ["METHODS", "PAPER", "FULL_RUNS", "reproduce", "run_deep", "format_summary"]
 
-# Table 1 of Deep Compression (reference.md §2.2): test error in percent and compression ratio.
+# Table 1 of Deep Compression (docs/references.md §2.2): test error in percent and compression ratio.
 PAPER = {
     ("lenet300", "deep"): {"baseline_test_error": 1.64, "test_error": 1.58, "ratio": 40.0},
     ("lenet5", "deep"): {"baseline_test_error": 0.80, "test_error": 0.74, "ratio": 39.0},
