@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -69,6 +69,7 @@ def test_kmeans_uses_every_cluster_across_the_pruned_gap(init, k):
 
 
 @settings(max_examples=200, deadline=None)
+@example(pieces=[(-100.0, 20), (1e-30, 1), (2e-30, 1), (3e-30, 1)], k_fraction=1.0, init="linear")  # tiny after large
 @given(
     pieces=st.lists(st.tuples(st.floats(-100, 100, width=32), st.integers(1, 20)), min_size=1, max_size=40),
     k_fraction=st.floats(0, 1),

@@ -120,12 +120,12 @@ def kmeans_1d(
     start = np.sort(INITS[init](ordered, k, seed).astype(np.float64))
     bounds = _fill_empty_runs(_assign_runs(ordered, start), ordered, prefix, prefix_squares)
     for _ in range(iters):
-        centroids = _run_means(bounds, prefix)
+        centroids = _run_means(bounds, ordered, prefix)
         assigned = _fill_empty_runs(_assign_runs(ordered, centroids), ordered, prefix, prefix_squares)
         if np.array_equal(assigned, bounds):
             break
         bounds = assigned
-    centroids = _run_means(bounds, prefix).astype(np.float32)
+    centroids = _run_means(bounds, ordered, prefix).astype(np.float32)
     # the run of a value is the first run whose largest member is >= the value
     labels = np.searchsorted(ordered[bounds[1:-1] - 1], flat, side="left").astype(np.int64)
     return centroids, labels
@@ -307,9 +307,15 @@ def _assign_runs(ordered: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], inner, [ordered.size]))
 
 
-def _run_means(bounds: np.ndarray, prefix: np.ndarray) -> np.ndarray:
-    """Lloyd's update step: the mean of each (non-empty) run, from the prefix sums."""
-    return (prefix[bounds[1:]] - prefix[bounds[:-1]]) / np.diff(bounds)
+def _run_means(bounds: np.ndarray, ordered: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+    """Lloyd's update step: the mean of each (non-empty) run, from the prefix sums.
+
+    Prefix sums lose precision on runs of values much smaller than the running total; a mean
+    lies within its run, so it is clipped there. As runs are split between distinct values, the
+    means are then strictly ascending, in float64 and after rounding to float32 alike.
+    """
+    means = (prefix[bounds[1:]] - prefix[bounds[:-1]]) / np.diff(bounds)
+    return np.clip(means, ordered[bounds[:-1]], ordered[bounds[1:] - 1])
 
 
 def _fill_empty_runs(bounds: np.ndarray, ordered: np.ndarray, prefix: np.ndarray, prefix_squares: np.ndarray) -> np.ndarray:
