@@ -6,6 +6,8 @@ import torch
 
 import weightcodec
 from weightcodec import container, report
+from weightcodec.errors import EncodeError
+from weightcodec.recipe import MAX_STORED_MATCHES, clusters_asked
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +99,16 @@ def test_a_file_without_a_readable_recipe_shows_only_what_is_used(wcz):
         assert rows["fc1.weight"]["clusters_asked"] is None
         assert " 16 " in next(line for line in report.format_table(report.summarize(stripped)).splitlines()
                               if line.startswith("fc1.weight"))
+
+
+def test_a_crafted_recipe_is_not_matched_in_quadratic_time(wcz):
+    rules = [{"match": f"r{i}", "method": "deep"} for i in range(MAX_STORED_MATCHES // 2 + 1)] + [{"match": "*", "method": "deep"}]
+    text = json.dumps({"rule": rules})
+    assert clusters_asked(text, ["a"]) == {"a": 32}
+    with pytest.raises(EncodeError, match="name-rule pairs to match"):
+        clusters_asked(text, ["a", "b"])
+    crafted = container.from_bytes(container.to_bytes(list(wcz.records), {"recipe": text}))
+    assert all(row["clusters_asked"] is None for row in report.summarize(crafted)["tensors"])
 
 
 def test_headline_reads_only_the_header(wcz):

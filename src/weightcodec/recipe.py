@@ -83,6 +83,9 @@ METHODS = {
     "weightless": SIMPLIFY_KEYS + CODEC_KEYS["weightless"],
 }
 REQUIRED_KEYS = {"raw": ("match",), "deep": ("match",), "weightless": ("match", "t")}
+# Name-rule pairs clusters_asked() tries at most: a real model and recipe are far below (1,000
+# tensors x 20 rules), and a crafted file must not buy quadratic time with a few MB of header.
+MAX_STORED_MATCHES = 100_000
 TOP_LEVEL_KEYS = ("rule", "training")
 TRAINING_KEYS = ("hook",)
 
@@ -288,7 +291,9 @@ def clusters_asked(recipe_json: str, names: Iterable[str]) -> dict[str, int]:
     Raises
     ------
     EncodeError
-        If ``recipe_json`` is not a valid recipe.
+        If ``recipe_json`` is not a valid recipe, or if matching it would try more than
+        :data:`MAX_STORED_MATCHES` name-rule pairs (a file can claim any number of both, and
+        reading one must cost time in proportion to its size).
 
     Examples
     --------
@@ -301,6 +306,12 @@ def clusters_asked(recipe_json: str, names: Iterable[str]) -> dict[str, int]:
     except (ValueError, RecursionError) as exc:
         raise EncodeError(f"the stored recipe is not valid JSON: {exc}") from None
     recipe = replace(parse_recipe(table), require_matches=False)
+    names = list(names)
+    if len(recipe.rules) * len(names) > MAX_STORED_MATCHES:
+        raise EncodeError(
+            f"the stored recipe's {len(recipe.rules)} rules for {len(names)} tensors are more than "
+            f"{MAX_STORED_MATCHES} name-rule pairs to match"
+        )
     return {name: rule.clusters for name, rule in recipe.assign(names).items() if rule.simplifies}
 
 

@@ -112,7 +112,7 @@ def _tensor_row(wcz: container.WczFile, record: container.TensorRecord) -> dict[
 def _clusters_asked(wcz: container.WczFile) -> dict[str, int]:
     """K asked per tensor, from the recipe in the file's metadata; empty if it holds none we can read."""
     try:
-        return clusters_asked(wcz.metadata["recipe"], [r.name for r in wcz.records])
+        return clusters_asked(wcz.metadata["recipe"], [r.name for r in wcz.records if r.encoded.codec != "raw"])
     except (KeyError, EncodeError):
         return {}
 
