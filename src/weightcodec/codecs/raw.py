@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
@@ -62,7 +63,7 @@ def _view(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) 
         raise CorruptFileError(f"raw tensor has dtype {dtype_str!r}; expected one of {sorted(ALLOWED_DTYPES)}")
     dtype = np.dtype(dtype_str)
     data = sections["data"]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         raise CorruptFileError(f"raw tensor holds {len(data)} bytes; shape {tuple(shape)} of {dtype} needs {expected}")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
