@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from . import container
-from .codecs import get_codec
 
 __all__ = ["FLOAT32_BYTES", "headline", "summarize", "format_table", "plot"]
 
