@@ -56,7 +56,7 @@ def test_trailing_bytes_rejected():
 
 def test_newer_major_version_is_refused_with_upgrade_hint():
     data = bytearray(sample_bytes())
-    struct.pack_into("<H", data, 8, 2)
+    struct.pack_into("<H", data, 8, container.VERSION[0] + 1)
     with pytest.raises(FormatError, match="upgrade weightcodec"):
         container.from_bytes(bytes(data))
 
@@ -147,7 +147,7 @@ HOSTILE = {
     "raw length does not match shape": one(shape=[2]),
     "raw big-endian": one(meta={"dtype": ">f4"}),
     "version 0": craft({"metadata": {}, "tensors": []}, major=0),
-    "version from the future": craft({"metadata": {}, "tensors": []}, major=2, minor=3),
+    "version from the future": craft({"metadata": {}, "tensors": []}, major=3, minor=3),
 }
 
 

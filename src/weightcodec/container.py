@@ -1,6 +1,7 @@
-"""The ``.wcz`` container: a 20-byte preamble, a JSON header, then checksummed raw sections.
+"""The ``.wcz`` container: a 20-byte preamble, a header (:mod:`weightcodec.header`), then checksummed raw sections.
 
-The exact layout is specified in ``docs/format.md``; this module is its only implementation.
+The exact layout is specified in ``docs/format.md``; this module and :mod:`weightcodec.header` are its
+only implementation.
 It knows nothing about training or torch: it stores :class:`~weightcodec.codecs.Encoded`
 tensors under names and gives NumPy arrays back, decoding each with the codec named in the file.
 
@@ -13,7 +14,6 @@ all tensors are summed and checked against it before anything is decoded.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -28,6 +28,7 @@ import numpy as np
 
 from .codecs import Encoded, get_codec, raw
 from .errors import CorruptFileError, FormatError, MemoryBudgetError, WeightcodecError
+from .header import MAX_HEADER_BYTES, clip, decode_header, encode_header, is_text
 
 __all__ = [
     "MAGIC",
@@ -46,11 +47,9 @@ __all__ = [
 ]
 
 MAGIC = b"\x89WCZ\r\n\x1a\n"
-VERSION = (1, 0)
+VERSION = (2, 0)  # written; majors 1 and 2 are read (docs/format.md, "Versioning")
 PREAMBLE = struct.Struct("<8sHHII")  # magic, version_major, version_minor, header_length, header_crc32
 CRC_OFFSET = 16  # the header CRC covers preamble bytes 0..15 and then the header
-MAX_HEADER_BYTES = 64 * 1024 * 1024
-MAX_TENSORS = 1_000_000
 MAX_DIMS = 8
 MAX_ELEMENTS = 2**40
 DECODED_ITEMSIZE = 4  # codecs other than raw decode to float32
@@ -254,10 +253,7 @@ def to_bytes(records: Iterable[TensorRecord], metadata: Mapping[str, str] | None
                 "sections": sections,
             }
         )
-    header_obj = {"metadata": dict(metadata or {}), "tensors": entries}
-    header = json.dumps(header_obj, separators=(",", ":"), sort_keys=False, allow_nan=False).encode("utf-8")
-    if len(header) > MAX_HEADER_BYTES:
-        raise WeightcodecError(f"header is {len(header)} bytes; the format allows at most {MAX_HEADER_BYTES}")
+    header = encode_header(metadata or {}, entries)
     fixed = PREAMBLE.pack(MAGIC, VERSION[0], VERSION[1], len(header), 0)[:CRC_OFFSET]
     preamble = fixed + struct.pack("<I", zlib.crc32(header, zlib.crc32(fixed)))
     return b"".join([preamble, header, *chunks])
@@ -351,8 +347,8 @@ def from_bytes(data: bytes) -> WczFile:
     header, whatever the tensors claim.
     """
     data = memoryview(data if isinstance(data, bytes) else bytes(data))
-    header_len = _parse_preamble(data)
-    header = _parse_header(data[PREAMBLE.size : PREAMBLE.size + header_len])
+    major, header_len = _parse_preamble(data)
+    header = decode_header(data[PREAMBLE.size : PREAMBLE.size + header_len], major)
     data_area = data[PREAMBLE.size + header_len :]
     records = _parse_tensors(header["tensors"], data_area)
     return WczFile(
@@ -363,7 +359,8 @@ def from_bytes(data: bytes) -> WczFile:
     )
 
 
-def _parse_preamble(data: memoryview) -> int:
+def _parse_preamble(data: memoryview) -> tuple[int, int]:
+    """The format's major version and the header length, after checking the header's CRC."""
     if len(data) < len(MAGIC) or bytes(data[: len(MAGIC)]) != MAGIC:
         raise FormatError("not a .wcz file (wrong magic bytes)")
     if len(data) < PREAMBLE.size:
@@ -384,65 +381,7 @@ def _parse_preamble(data: memoryview) -> int:
         )
     if zlib.crc32(data[PREAMBLE.size : PREAMBLE.size + header_len], zlib.crc32(data[:CRC_OFFSET])) != header_crc:
         raise CorruptFileError("header checksum mismatch: the file is corrupted")
-    return header_len
-
-
-def _parse_header(header_bytes: memoryview) -> dict[str, Any]:
-    """The header as JSON, strictly: any value Python's ``json`` would bend is corruption."""
-    try:
-        header = json.loads(
-            str(header_bytes, "utf-8"),
-            parse_constant=_refuse_constant,
-            parse_float=_finite_float,
-            object_pairs_hook=_unique_keys,
-        )
-    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
-        # ValueError covers JSONDecodeError and an integer of more than 4300 digits
-        raise CorruptFileError(f"corrupted header: not valid UTF-8 JSON ({_cut(str(exc))})") from None
-    if not isinstance(header, dict) or not isinstance(header.get("tensors"), list):
-        raise CorruptFileError("corrupted header: it must be a JSON object with a 'tensors' list")
-    metadata = header.get("metadata", {})
-    if not isinstance(metadata, dict) or not all(_is_text(k) and _is_text(v) for k, v in metadata.items()):
-        raise CorruptFileError("corrupted header: 'metadata' must map strings to strings")
-    if len(header["tensors"]) > MAX_TENSORS:
-        raise CorruptFileError(f"corrupted header: it lists {len(header['tensors'])} tensors; the limit is {MAX_TENSORS}")
-    header["metadata"] = metadata
-    return header
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {_cut(text)} is out of the float range")
-    return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object as a dict; a repeated key (which one wins is up to the reader) is refused."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        repeated = sorted(key for key, times in Counter(key for key, _ in pairs).items() if times > 1)
-        raise ValueError(f"keys repeated in one object: {_cut(repr(repeated))}")
-    return obj
-
-
-def _is_text(value: Any) -> bool:
-    """A str that can be printed and written as UTF-8 (JSON allows lone surrogates; we do not)."""
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _cut(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return major, header_len
 
 
 def _parse_tensors(entries: list, data_area: memoryview) -> list[TensorRecord]:
@@ -485,10 +424,10 @@ def _check_entry(index: int, entry: Any):
         raise CorruptFileError(f"corrupted header: tensor entry {index} is not a JSON object")
     name, dtype, shape = entry.get("name"), entry.get("dtype"), entry.get("shape")
     codec, meta, sections = entry.get("codec"), entry.get("meta", {}), entry.get("sections")
-    if not _is_text(name) or not 1 <= len(name) <= 1024:
+    if not is_text(name) or not 1 <= len(name) <= 1024:
         raise CorruptFileError(f"corrupted header: tensor entry {index}: 'name' must be a string of 1..1024 characters")
     if dtype not in DTYPES:
-        raise CorruptFileError(f"corrupted header: tensor {name!r}: dtype {_cut(repr(dtype))} is not one of {list(DTYPES)}")
+        raise CorruptFileError(f"corrupted header: tensor {name!r}: dtype {clip(repr(dtype))} is not one of {list(DTYPES)}")
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_DIMS
@@ -496,7 +435,7 @@ def _check_entry(index: int, entry: Any):
         or math.prod(shape) > MAX_ELEMENTS
     ):
         raise CorruptFileError(
-            f"corrupted header: tensor {name!r}: shape {_cut(repr(shape))} must be a list of at most {MAX_DIMS} "
+            f"corrupted header: tensor {name!r}: shape {clip(repr(shape))} must be a list of at most {MAX_DIMS} "
             f"non-negative ints with at most 2^40 elements"
         )
     if not isinstance(codec, str):
@@ -513,11 +452,11 @@ def _check_section(name: str, sec: Any) -> tuple[str, int, int, int]:
     if (
         not isinstance(sec, list)
         or len(sec) != 4
-        or not _is_text(sec[0])
+        or not is_text(sec[0])
         or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sec[1:])
         or sec[3] >= 2**32
     ):
         raise CorruptFileError(
-            f"corrupted header: tensor {name!r}: section {_cut(repr(sec))} must be [name, offset, length, crc32]"
+            f"corrupted header: tensor {name!r}: section {clip(repr(sec))} must be [name, offset, length, crc32]"
         )
     return sec[0], sec[1], sec[2], sec[3]
