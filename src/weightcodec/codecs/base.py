@@ -37,7 +37,7 @@ class Encoded:
         JSON-serialisable parameters needed to decode (small: numbers, short strings, lists).
     sections : dict of str to bytes
         Named raw buffers, in the order they are written to the file. Bytes-like: a file
-        that is read gives read-only ``memoryview`` s of its buffer (no copy).
+        that is read gives read-only memoryviews of its buffer (no copy).
     """
 
     codec: str
