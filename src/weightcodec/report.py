@@ -1,7 +1,7 @@
 """Where the bytes go: a per-tensor table of a ``.wcz`` file, its JSON form, and plots.
 
 The table follows Table 2 of Deep Compression (Han et al. 2016): for each tensor its shape,
-codec, fraction of non-zeros, bits per value and per index (deep) or cell width ``t`` and bits
+codec, fraction of non-zeros, shared values (and the ``K`` the stored recipe asked for), bits per value and per index (deep) or cell width ``t`` and bits
 per non-zero (weightless), the bytes of each section, the compression ratio against float32,
 and the size against the codec's lower bound (``bound_bytes``: the entropy of the streams for
 deep, ``n * t`` bits for a weightless table). Totals include the file's header. Everything is
@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from . import container
+from .errors import EncodeError
+from .recipe import clusters_asked
 
 __all__ = ["FLOAT32_BYTES", "headline", "summarize", "format_table", "plot"]
 
@@ -68,7 +70,8 @@ def summarize(wcz: container.WczFile, *, max_bytes: int | None = None) -> dict[s
     dict
         ``file_bytes``, ``header_bytes``, ``metadata``, ``tensors`` (one dict per tensor: ``name``,
         ``shape``, ``dtype``, ``codec``, ``elements``, ``nonzero``, ``nonzero_percent``, ``bytes``,
-        ``section_bytes``, ``bound_bytes``, ``overhead_percent``, ``ratio`` and ``describe``, the
+        ``section_bytes``, ``bound_bytes``, ``overhead_percent``, ``ratio``, ``clusters_asked`` (the
+        K of the recipe stored in the metadata, or None) and ``describe``, the
         codec's own figures, e.g. ``n``, ``m``, ``t`` and the expected and measured false
         positives of a weightless table), ``totals`` and ``notes`` (the tensors left unmeasured;
         their unmeasured figures, and the totals that need them, are None).
@@ -79,11 +82,12 @@ def summarize(wcz: container.WczFile, *, max_bytes: int | None = None) -> dict[s
         If a tensor cannot be decoded.
     """
     budget = container.available_memory() if max_bytes is None else max_bytes
+    asked = _clusters_asked(wcz)
     rows, notes = [], []
     for record in wcz.records:
         needed = container.decoded_nbytes(record)
         measure = budget is None or needed <= budget
-        rows.append(_tensor_row(wcz, record, measure))
+        rows.append({**_tensor_row(wcz, record, measure), "clusters_asked": asked.get(record.name)})
         if not measure:
             notes.append(
                 f"{record.name}: not decoded (needs {needed} bytes, above the budget of {budget}); "
@@ -121,6 +125,14 @@ def _tensor_row(wcz: container.WczFile, record: container.TensorRecord, measure:
         "ratio": _ratio(FLOAT32_BYTES * elements, nbytes),
         "describe": described,
     }
+
+
+def _clusters_asked(wcz: container.WczFile) -> dict[str, int]:
+    """K asked per tensor, from the recipe in the file's metadata; empty if it holds none we can read."""
+    try:
+        return clusters_asked(wcz.metadata["recipe"], [r.name for r in wcz.records if r.encoded.codec != "raw"])
+    except (KeyError, EncodeError):
+        return {}
 
 
 def _totals(rows: list[dict[str, Any]], wcz: container.WczFile) -> dict[str, Any]:
@@ -166,12 +178,12 @@ def format_table(summary: dict[str, Any]) -> str:
     Bit columns are per non-zero weight (per entry, fillers included, for deep's value and
     index bits, as in Han et al.'s Table 2); ``-`` marks a figure that does not apply.
     """
-    header = ["name", "shape", "codec", "nz %", "value b", "index b", "t", "b/nz", "bytes by section",
+    header = ["name", "shape", "codec", "nz %", "K (asked)", "value b", "index b", "t", "b/nz", "bytes by section",
               "bytes", "ratio", "bound", "over %"]
     rows = [_table_row(r) for r in summary["tensors"]]
     totals = summary["totals"]
     rows.append([
-        "TOTAL (file)", f"{totals['elements']} el", "", _fmt(totals["nonzero_percent"], ".1f"), "", "", "", "",
+        "TOTAL (file)", f"{totals['elements']} el", "", _fmt(totals["nonzero_percent"], ".1f"), "", "", "", "", "",
         f"header {totals['header_bytes']} + payload {totals['payload_bytes']}", str(totals["file_bytes"]),
         _fmt_ratio(totals["ratio"]), _fmt(totals["bound_bytes"], ".0f"), _fmt(totals["overhead_percent"], ".1f"),
     ])
@@ -195,6 +207,7 @@ def _table_row(row: dict[str, Any]) -> list[str]:
         "x".join(map(str, row["shape"])) or "scalar",
         row["codec"],
         _fmt(row["nonzero_percent"], ".1f"),
+        _fmt_clusters(described.get("clusters"), row["clusters_asked"]),
         _fmt_bits(described.get(VALUE_BITS)),
         _fmt_bits(described.get(INDEX_BITS)),
         str(described.get("t", "-")),
@@ -222,6 +235,13 @@ def _weightless_row(row: dict[str, Any]) -> list[str]:
 def _fmt(value: float | None, spec: str) -> str:
     """``value`` formatted with ``spec``, or ``-`` when it is unknown."""
     return "-" if value is None else format(value, spec)
+
+
+def _fmt_clusters(used: int | None, asked: int | None) -> str:
+    """Shared values the tensor holds, then the K its recipe asked for (fewer: it had fewer distinct values)."""
+    if used is None:
+        return "-"
+    return f"{used} ({asked})" if asked is not None else str(used)
 
 
 def _fmt_bits(value: float | None) -> str:
