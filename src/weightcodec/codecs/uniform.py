@@ -26,13 +26,14 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+import numba
 import numpy as np
 
 from ..errors import CorruptFileError, EncodeError
 from .base import Encoded
 from .cabac import MAX_LEVEL, cabac_decode, cabac_encode
 
-__all__ = ["NAME", "SCALES", "quantize_levels", "matrix_shape", "encode", "encode_levels", "decode", "describe"]
+__all__ = ["NAME", "SCALES", "quantize_levels", "matrix_shape", "encode", "encode_levels", "decode", "describe", "grid_step", "estimate_grid"]
 
 NAME = "uniform"
 #: Step granularity stored in ``meta["scale"]``: one step, or one per row (first dimension).
@@ -110,7 +111,7 @@ def encode(array: np.ndarray, *, step: float | np.ndarray, dead_zone: float = 0.
     --------
     >>> w = np.array([[0.31, -0.02], [0.58, -0.61]], dtype=np.float32)
     >>> e = encode(w, step=0.2)
-    >>> e.meta, decode(e.meta, e.sections, w.shape).round(2).tolist()
+    >>> e.meta, decode(e.meta, e.sections, w.shape).astype(np.float64).round(2).tolist()
     ({'scale': 'tensor', 'coder': 'cabac'}, [[0.4, 0.0], [0.6, -0.6]])
     """
     values = _check_array(array)
@@ -173,6 +174,91 @@ def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...
         "bound_bytes": bound,
         "overhead_percent": 100.0 * (total - bound) / bound if bound else 0.0,
     }
+
+
+def grid_step(array: np.ndarray) -> float | None:
+    """The step ``Δ`` if every value of a float32 ``array`` is exactly ``level * Δ`` in float32, else None.
+
+    A tensor that another tool quantized uniformly (NNCodec, int8 with one scale) can then be
+    stored losslessly with ``encode(array, step=grid_step(array))``. ``Δ`` is taken as the
+    smallest non-zero magnitude, then checked bit for bit.
+
+    Examples
+    --------
+    >>> grid_step(np.array([0.0, 0.25, -0.75, 1.0], np.float32)), grid_step(np.array([0.1, 0.25], np.float32))
+    (0.25, None)
+    """
+    values = np.asarray(array, dtype=np.float32).reshape(-1)
+    nonzero = np.abs(values[values != 0])
+    if nonzero.size == 0 or not np.isfinite(values).all():
+        return None
+    step = np.float32(nonzero.min())
+    levels = np.rint(values.astype(np.float64) / np.float64(step))
+    if np.abs(levels).max() > MAX_LEVEL or not np.array_equal(levels.astype(np.float32) * step, values):
+        return None
+    return float(step)
+
+
+def estimate_grid(values: np.ndarray, steps: np.ndarray, dead_zone: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Order-0 entropy (bits) and squared error of ``values`` quantized at each of ``steps``.
+
+    What a rate allocator needs to compare steps without coding them: the entropy of the levels
+    is close to what :mod:`~weightcodec.codecs.cabac` spends (a few percent either way).
+
+    Parameters
+    ----------
+    values : ndarray of float64, shape (n,)
+    steps : ndarray of float64, shape (s,)
+        Positive; a step whose largest level would exceed 2^20 gets ``inf`` bits.
+    dead_zone : float
+        As for :func:`quantize_levels`.
+
+    Returns
+    -------
+    bits, squared_error : ndarray of float64, shape (s,)
+
+    Examples
+    --------
+    >>> bits, err = estimate_grid(np.array([0.0, 1.0, 1.0, 3.0]), np.array([1.0, 10.0]))
+    >>> bits.round(3).tolist(), err.tolist()
+    ([6.0, 0.0], [0.0, 11.0])
+    """
+    values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    return _estimate_grid(values, np.asarray(steps, dtype=np.float64), 0.5 - float(dead_zone))
+
+
+# Levels beyond this are not counted by estimate_grid (the step is far finer than any budget needs).
+_MAX_ESTIMATED_LEVEL = 1 << 20
+
+
+@numba.njit(cache=True)
+def _estimate_grid(values, steps, offset):
+    n = values.shape[0]
+    peak = 0.0
+    for x in values:
+        peak = max(peak, abs(x))
+    bits = np.empty(steps.shape[0])
+    errors = np.empty(steps.shape[0])
+    for s in range(steps.shape[0]):
+        step = steps[s]
+        top = int(np.floor(peak / step + offset))
+        if top > _MAX_ESTIMATED_LEVEL:
+            bits[s], errors[s] = np.inf, 0.0
+            continue
+        counts = np.zeros(2 * top + 1, dtype=np.int64)
+        err = 0.0
+        for x in values:
+            m = np.floor(abs(x) / step + offset)
+            level = -m if x < 0 else m
+            counts[int(level) + top] += 1
+            d = x - level * step
+            err += d * d
+        total = 0.0
+        for c in counts:
+            if c:
+                total -= c * np.log2(c / n)
+        bits[s], errors[s] = total, err
+    return bits, errors
 
 
 # ----------------------------------------------------------------------------- helpers

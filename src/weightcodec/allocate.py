@@ -1,0 +1,345 @@
+"""Data-free rate allocation: a byte budget in, the least squared weight error out.
+
+:func:`encode_to_size` writes a ``.wcz`` file of at most ``size`` bytes (header included) from
+a bare state_dict. Per tensor it considers a set of *options*, each with a size in bytes and a
+distortion (sum of squared weight errors):
+
+* float tensors with two or more dims: uniform scalar quantization
+  (:mod:`~weightcodec.codecs.uniform`) at every step ``Δ = 2^(j/8)`` of a fixed grid that spans
+  ~11 bits per weight down to "all zero"; float16 and the original bytes;
+* other float tensors (biases, LayerNorm scales; < 1% of a model's bytes): float16 or the
+  original bytes;
+* integer and bool tensors (``position_ids``): their bytes, exactly.
+
+It then minimises ``sum(D_t) + λ sum(B_t)`` (each tensor independently picks the option of
+least ``D + λ B``) and bisects ``λ`` for the largest total that fits. One step for all
+tensors is what this converges to at high rate, the equal-slope condition of optimal
+allocation; the search also handles the low-rate end, where tensors go to zero one by one.
+
+The sizes of the quantized options are first *estimated* (order-0 entropy of the levels, on
+a fixed subsample of large tensors), then the chosen options are really encoded; each tensor's
+estimates are rescaled by the ratio real / estimated at its chosen step, the header's real size
+replaces its estimate, and the search repeats until the real file fits and is within
+:data:`TOLERANCE` of the budget, or :data:`MAX_ROUNDS` are spent (the best file that fits is
+kept). Everything is deterministic: the same state_dict and budget give the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import __version__, container, tensors
+from .codecs import raw, uniform
+from .errors import EncodeError
+
+__all__ = ["encode_to_size", "parse_size", "STEP_GRID_PER_OCTAVE"]
+
+#: Steps tried per factor of two (2^(1/8) apart: ~1/8 bit per weight between neighbours).
+STEP_GRID_PER_OCTAVE = 8
+# The grid spans from std / 2^FINEST_BITS (~11 bits per weight) to COARSEST x max|w| (all zero).
+FINEST_BITS = 9
+COARSEST = 4.0
+# Tensors larger than this are estimated on an evenly strided subsample of about this size.
+ESTIMATE_SAMPLE = 1 << 16
+# Stop once the real file is within this fraction under the budget.
+TOLERANCE = 0.003
+MAX_ROUNDS = 8
+# Header bytes assumed per tensor before the first real file is built.
+HEADER_GUESS_PER_TENSOR = 300
+BISECTION_STEPS = 100
+SIZE_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to store a tensor: ``kind`` ("uniform", "float16", "raw"), its step, estimated bytes, distortion."""
+
+    kind: str
+    step: float | None
+    bytes: float
+    distortion: float
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"10485760"``, ``"10M"``, ``"10MB"``, ``"9.5MiB"`` (decimal K/M/G, binary KiB/MiB/GiB).
+
+    Examples
+    --------
+    >>> parse_size("10MB"), parse_size("10M"), parse_size("1.5KiB"), parse_size("512")
+    (10000000, 10000000, 1536, 512)
+    """
+    cleaned = str(text).strip().upper().replace(" ", "")
+    number = cleaned.rstrip("KMGIB")
+    unit = cleaned[len(number):]
+    try:
+        value = float(number) * SIZE_UNITS[unit]
+    except (KeyError, ValueError):
+        raise EncodeError(
+            f"cannot read size {text!r}; expected a number of bytes with an optional unit "
+            f"({', '.join(u for u in SIZE_UNITS if u)}), e.g. 10MB or 10485760"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise EncodeError(f"size must be a positive number of bytes, got {text!r}")
+    return int(value)
+
+
+def encode_to_size(
+    state_dict: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    size: int | None = None,
+    ratio: float | None = None,
+    calibration=None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Write ``state_dict`` to a ``.wcz`` file of at most ``size`` bytes with the least weight error.
+
+    Parameters
+    ----------
+    state_dict : mapping of str to torch.Tensor
+        Any state_dict; not modified.
+    path : str or os.PathLike
+        The file to write (atomically).
+    size : int, optional
+        Budget in bytes for the whole file, header included.
+    ratio : float, optional
+        Instead of ``size``: the budget is the state_dict's bytes divided by ``ratio``.
+    calibration : None
+        Reserved for calibrated (data-aware) allocation; only None is accepted so far.
+    seed : int
+        Recorded in the file's metadata (the data-free search draws no random numbers).
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        ``file_bytes``, ``budget``, ``seconds``, ``rounds`` (search rounds), ``distortion``
+        (sum of squared errors), ``relative_error`` (``sqrt(distortion / sum(w^2))``) and
+        ``tensors``: name -> ``{"codec", "step", "bytes", "mse"}`` (``codec`` is "uniform",
+        "float16" or "raw"; ``step`` is None unless uniform; ``bytes`` its sections).
+
+    Raises
+    ------
+    EncodeError
+        If neither or both of ``size`` / ``ratio`` are given, the budget is below the smallest
+        possible file (the message gives it), a float tensor holds NaN / Inf, or
+        ``calibration`` is given.
+    """
+    started = time.perf_counter()
+    container.check_writable(path)
+    budget = _budget(state_dict, size, ratio)
+    if calibration is not None:
+        raise EncodeError("calibration is not supported yet by encode_to_size; pass calibration=None (data-free)")
+    names = list(state_dict)
+    arrays = {name: _as_values(name, state_dict[name]) for name in names}
+    options = {
+        name: _options(state_dict[name], arrays[name])
+        for name in tqdm(names, desc="estimating", unit="tensor", disable=not progress)
+    }
+    metadata = {"producer": f"weightcodec {__version__}", "method": "encode_to_size", "budget": str(budget), "seed": str(seed)}
+    search = _Search(state_dict, arrays, options, metadata)
+    data, choice, rounds = search.run(budget, progress)
+    container.atomic_write_bytes(Path(path), data)
+    return _report(search, choice, data, budget, rounds, time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def _budget(state_dict: Mapping[str, torch.Tensor], size: int | None, ratio: float | None) -> int:
+    if (size is None) == (ratio is None):
+        raise EncodeError(f"give exactly one of size= (bytes) or ratio=, got size={size!r}, ratio={ratio!r}")
+    if ratio is not None:
+        if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0):
+            raise EncodeError(f"ratio must be a positive number, got {ratio!r}")
+        original = sum(t.numel() * t.element_size() for t in state_dict.values())
+        return int(original / ratio)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
+        raise EncodeError(f"size must be a positive int (bytes), got {size!r}; parse text like '10MB' with parse_size")
+    return int(size)
+
+
+def _as_values(name: str, tensor: torch.Tensor) -> np.ndarray | None:
+    """Float tensors as float32 NumPy (checked finite); None for those stored by their bytes only."""
+    tensors.dtype_name(tensor, name)
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return None
+    values = tensor.detach().cpu().to(torch.float32).numpy()
+    if not np.isfinite(values).all():
+        raise EncodeError(f"{name} holds NaN or infinite values; encode_to_size needs finite weights")
+    return values
+
+
+def _options(tensor: torch.Tensor, values: np.ndarray | None) -> list[Option]:
+    """Every option of one tensor, the exact one (its own bytes) first."""
+    exact = Option("raw", None, tensor.numel() * tensor.element_size(), 0.0)
+    if values is None:
+        return [exact]
+    flat = values.reshape(-1).astype(np.float64)
+    half = flat.astype(np.float16).astype(np.float64)
+    options = [exact]
+    if tensor.dtype != torch.float16 and np.isfinite(half).all():
+        options.append(Option("float16", None, 2.0 * flat.size, float(((flat - half) ** 2).sum())))
+    if values.ndim >= 2:
+        options += _uniform_options(flat)
+    return options
+
+
+def _uniform_options(flat: np.ndarray) -> list[Option]:
+    """Estimated (bytes, squared error) at each grid step, from a strided subsample of large tensors."""
+    peak = float(np.abs(flat).max())
+    if peak == 0:
+        return [Option("uniform", 1.0, 0.0, 0.0)]
+    stride = max(1, flat.size // ESTIMATE_SAMPLE)
+    sample = flat[::stride]
+    scale = flat.size / sample.size
+    spread = float(sample.std()) or peak
+    first = math.floor(STEP_GRID_PER_OCTAVE * math.log2(spread / 2**FINEST_BITS))
+    last = math.ceil(STEP_GRID_PER_OCTAVE * math.log2(COARSEST * peak))
+    steps = np.exp2(np.arange(first, last + 1) / STEP_GRID_PER_OCTAVE)
+    bits, errors = uniform.estimate_grid(sample, steps)
+    return [
+        Option("uniform", float(step), scale * b / 8, scale * e)
+        for step, b, e in zip(steps, bits, errors)
+        if np.isfinite(b)
+    ]
+
+
+# ----------------------------------------------------------------------------- search
+
+
+class _Search:
+    """The Lagrangian search over every tensor's options, with real encodes to correct the estimates."""
+
+    def __init__(self, state_dict, arrays, options, metadata):
+        self.state_dict, self.arrays, self.metadata = state_dict, arrays, metadata
+        self.names = list(options)
+        self.options = options
+        width = max(len(o) for o in options.values())
+        shape = (len(self.names), width)
+        self.est_bytes = np.full(shape, np.inf)
+        self.distortion = np.full(shape, np.inf)
+        for t, name in enumerate(self.names):
+            for j, option in enumerate(options[name]):
+                self.est_bytes[t, j], self.distortion[t, j] = option.bytes, option.distortion
+        self.correction = np.ones(len(self.names))
+        self.cache: dict[tuple[int, int], tuple[container.TensorRecord, float]] = {}
+
+    def run(self, budget: int, progress: bool) -> tuple[bytes, np.ndarray, int]:
+        overhead = 1024 + HEADER_GUESS_PER_TENSOR * len(self.names)
+        best = None
+        target = budget - overhead
+        for round_index in range(1, MAX_ROUNDS + 1):
+            choice = self._solve(target)
+            records = self._records(choice, progress)
+            data = container.to_bytes(records, self.metadata)
+            if len(data) <= budget and (best is None or len(data) > len(best[0])):
+                best = (data, choice, round_index)
+            if budget * (1 - TOLERANCE) <= len(data) <= budget:
+                break
+            payload = sum(rec.nbytes for rec in records)
+            overhead = len(data) - payload
+            self._correct(choice, records)
+            target = budget - overhead
+            if len(data) > budget and best is None and round_index >= MAX_ROUNDS // 2:
+                target = int(target * budget / len(data))  # the estimates keep missing: aim lower
+        if best is None:
+            smallest = self._smallest_file()
+            raise EncodeError(
+                f"cannot fit the state_dict in {budget} bytes; the smallest file this search reaches is "
+                f"about {smallest} bytes: give a larger size or a smaller ratio"
+            )
+        return best[0], best[1], best[2]
+
+    def _solve(self, target: float) -> np.ndarray:
+        """Per tensor, the option index minimising D + λ B, for the smallest λ whose total fits ``target``."""
+        sizes = self.est_bytes * self.correction[:, None]
+        sizes[:, 0] = self.est_bytes[:, 0]  # the exact option is never an estimate
+        low, high = -40.0, 40.0  # log2 λ, in squared-error units per byte
+        if self._total(sizes, 2.0**high) > target:
+            return self._pick(sizes, 2.0**high)
+        for _ in range(BISECTION_STEPS):
+            middle = (low + high) / 2
+            if self._total(sizes, 2.0**middle) <= target:
+                high = middle
+            else:
+                low = middle
+        return self._pick(sizes, 2.0**high)
+
+    def _pick(self, sizes: np.ndarray, lam: float) -> np.ndarray:
+        cost = self.distortion + lam * sizes
+        cost[~np.isfinite(sizes)] = np.inf
+        return np.argmin(cost, axis=1)
+
+    def _total(self, sizes: np.ndarray, lam: float) -> float:
+        choice = self._pick(sizes, lam)
+        return float(sizes[np.arange(len(choice)), choice].sum())
+
+    def _records(self, choice: np.ndarray, progress: bool) -> list[container.TensorRecord]:
+        todo = [(t, int(j)) for t, j in enumerate(choice) if (t, int(j)) not in self.cache]
+        for t, j in tqdm(todo, desc="encoding", unit="tensor", disable=not progress or len(todo) < 2):
+            self.cache[(t, j)] = self._encode(t, j)
+        return [self.cache[(t, int(j))][0] for t, j in enumerate(choice)]
+
+    def _encode(self, t: int, j: int) -> tuple[container.TensorRecord, float]:
+        """The real record of tensor ``t`` in option ``j`` and its exact squared error."""
+        name = self.names[t]
+        tensor, option = self.state_dict[name], self.options[name][j]
+        dtype = tensors.dtype_name(tensor, name)
+        values = self.arrays[name]
+        if option.kind == "raw":
+            encoded, error = raw.encode(tensors.tensor_to_numpy(tensor)), 0.0
+        elif option.kind == "float16":
+            encoded, error = raw.encode(values.astype(np.float16)), option.distortion
+        else:
+            steps = np.array([option.step], dtype=np.float32)
+            levels = uniform.quantize_levels(values, steps)
+            restored = levels.astype(np.float32) * steps[0]
+            error = float(((restored.astype(np.float64) - values.reshape(levels.shape)) ** 2).sum())
+            encoded = uniform.encode_levels(levels, steps)
+        return container.TensorRecord(name, dtype, tuple(tensor.shape), encoded), error
+
+    def _correct(self, choice: np.ndarray, records: list[container.TensorRecord]) -> None:
+        """Rescale each quantized tensor's estimates by real / estimated bytes at its chosen step."""
+        for t, (j, record) in enumerate(zip(choice, records)):
+            estimate = self.est_bytes[t, j]
+            if self.options[self.names[t]][j].kind == "uniform" and estimate > 0:
+                self.correction[t] = record.nbytes / estimate
+
+    def _smallest_file(self) -> int:
+        choice = np.array([np.nanargmin(np.where(np.isfinite(row), row, np.nan)) for row in self.est_bytes])
+        return len(container.to_bytes(self._records(choice, False), self.metadata))
+
+
+def _report(search: _Search, choice: np.ndarray, data: bytes, budget: int, rounds: int, seconds: float) -> dict:
+    per_tensor, total_error, total_energy = {}, 0.0, 0.0
+    for t, name in enumerate(search.names):
+        record, error = search.cache[(t, int(choice[t]))]
+        option = search.options[name][int(choice[t])]
+        count = max(1, search.state_dict[name].numel())
+        per_tensor[name] = {"codec": option.kind, "step": option.step, "bytes": record.nbytes, "mse": error / count}
+        values = search.arrays[name]
+        if values is not None:
+            total_error += error
+            total_energy += float((values.astype(np.float64) ** 2).sum())
+    return {
+        "file_bytes": len(data),
+        "budget": budget,
+        "seconds": seconds,
+        "rounds": rounds,
+        "distortion": total_error,
+        "relative_error": math.sqrt(total_error / total_energy) if total_energy else 0.0,
+        "tensors": per_tensor,
+    }
