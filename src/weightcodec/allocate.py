@@ -300,16 +300,15 @@ class _Search:
         dtype = tensors.dtype_name(tensor, name)
         values = self.arrays[name]
         if option.kind == "raw":
-            encoded, error = raw.encode(tensors.tensor_to_numpy(tensor)), 0.0
-        elif option.kind == "float16":
-            encoded, error = raw.encode(values.astype(np.float16)), option.distortion
+            return container.TensorRecord(name, dtype, tuple(tensor.shape), raw.encode(tensors.tensor_to_numpy(tensor))), 0.0
+        if option.kind == "float16":
+            half = values.astype(np.float16)
+            encoded, restored = raw.encode(half), half
         else:
             steps = np.array([option.step], dtype=np.float32)
             levels = uniform.quantize_levels(values, steps)
-            restored = levels.astype(np.float32) * steps[0]
-            error = float(((restored.astype(np.float64) - values.reshape(levels.shape)) ** 2).sum())
-            encoded = uniform.encode_levels(levels, steps)
-        return container.TensorRecord(name, dtype, tuple(tensor.shape), encoded), error
+            encoded, restored = uniform.encode_levels(levels, steps), levels.astype(np.float32) * steps[0]
+        return container.TensorRecord(name, dtype, tuple(tensor.shape), encoded), _squared_error(tensor, restored)
 
     def _correct(self, choice: np.ndarray, records: list[container.TensorRecord]) -> None:
         """Rescale each quantized tensor's estimates by real / estimated bytes at its chosen step."""
@@ -321,6 +320,12 @@ class _Search:
     def _smallest_file(self) -> int:
         choice = np.array([np.nanargmin(np.where(np.isfinite(row), row, np.nan)) for row in self.est_bytes])
         return len(container.to_bytes(self._records(choice, False), self.metadata))
+
+
+def _squared_error(tensor: torch.Tensor, restored: np.ndarray) -> float:
+    """Squared error of ``restored`` as it will be loaded: cast to the tensor's own dtype first."""
+    loaded = torch.from_numpy(np.ascontiguousarray(restored)).reshape(tensor.shape).to(tensor.dtype)
+    return float(((loaded.double() - tensor.detach().cpu().double()) ** 2).sum())
 
 
 def _report(search: _Search, choice: np.ndarray, data: bytes, budget: int, rounds: int, seconds: float) -> dict:
