@@ -120,7 +120,8 @@ def _add_encode(commands, common) -> None:
     p.add_argument("--t", type=int, help="weightless: bits per filter cell (required); zeros decode non-zero with probability K / 2**t")
     p.add_argument("--filter", help=f"weightless: retrieval filter, one of {', '.join(weightless.FILTER_CHOICES)} "
                    f"(default {weightless.DEFAULT_FILTER}: build each, keep the smallest)")
-    p.add_argument("--entropy", help=f"deep: entropy coder of both streams, one of {', '.join(sorted(deep.ENTROPY_CODERS))}")
+    p.add_argument("--entropy", help=f"deep: entropy coder of both streams, one of {', '.join(sorted(deep.ENTROPY_CODERS))}, "
+                   f"or {api.AUTO_ENTROPY} (default: each, keeping the smaller)")
     p.add_argument("--index-bits", type=_index_bits, help="deep: gap field width in bits, or 'auto'")
     p.add_argument("--init", help=f"k-means initialisation, one of {', '.join(sorted(cluster.INITS))} (default linear)")
     p.add_argument("--recipe", type=Path, help="a TOML recipe instead of the codec options")
