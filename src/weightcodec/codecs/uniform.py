@@ -33,7 +33,7 @@ from ..errors import CorruptFileError, EncodeError
 from .base import Encoded
 from .cabac import MAX_LEVEL, cabac_decode, cabac_encode
 
-__all__ = ["NAME", "SCALES", "quantize_levels", "matrix_shape", "encode", "encode_levels", "decode", "describe", "grid_step", "estimate_grid"]
+__all__ = ["NAME", "SCALES", "quantize_levels", "quantize_with_error", "matrix_shape", "encode", "encode_levels", "decode", "describe", "grid_step", "estimate_grid"]
 
 NAME = "uniform"
 #: Step granularity stored in ``meta["scale"]``: one step, or one per row (first dimension).
@@ -77,10 +77,43 @@ def quantize_levels(array: np.ndarray, steps: np.ndarray, dead_zone: float = 0.0
     >>> quantize_levels(np.array([0.31, -0.02, 0.58, -0.61]), np.array([0.2], np.float32)).tolist()
     [[2, 0, 3, -3]]
     """
+    return quantize_with_error(array, steps, dead_zone)[0]
+
+
+def quantize_with_error(array: np.ndarray, steps: np.ndarray, dead_zone: float = 0.0) -> tuple[np.ndarray, float]:
+    """:func:`quantize_levels` and the squared error of the float32 reconstruction, in one pass.
+
+    Returns
+    -------
+    levels : ndarray of int64, shape (rows, cols)
+    squared_error : float
+        ``sum((array - float32(level) * step)^2)`` in float64, the step as stored (float32).
+    """
     rows, cols = matrix_shape(np.shape(array))
-    values = np.asarray(array, dtype=np.float64).reshape(rows, cols)
-    scaled = np.abs(values) / np.asarray(steps, dtype=np.float64).reshape(-1, 1)
-    return (np.sign(values) * np.floor(scaled + (0.5 - dead_zone))).astype(np.int64)
+    values = np.ascontiguousarray(array).reshape(rows, cols)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    stored = np.ascontiguousarray(steps, dtype=np.float32).reshape(-1)
+    levels = np.empty((rows, cols), dtype=np.int64)
+    error = _quantize(values, stored, 0.5 - float(dead_zone), levels)
+    return levels, error
+
+
+@numba.njit(cache=True)
+def _quantize(values, steps, offset, levels):
+    error = 0.0
+    rows, cols = values.shape
+    for r in range(rows):
+        step32 = steps[r if steps.shape[0] > 1 else 0]
+        step = np.float64(step32)
+        for c in range(cols):
+            x = np.float64(values[r, c])
+            m = np.floor(abs(x) / step + offset)
+            level = int(-m if x < 0 else m)
+            levels[r, c] = level
+            d = x - np.float64(np.float32(level) * step32)
+            error += d * d
+    return error
 
 
 def encode(array: np.ndarray, *, step: float | np.ndarray, dead_zone: float = 0.0) -> Encoded:
