@@ -67,7 +67,9 @@ def test_uniform_step_is_shared_by_the_big_matrices(tmp_path):
     report = weightcodec.encode_to_size(sd, tmp_path / "m.wcz", ratio=6.0)
     chosen = report["tensors"]
     assert chosen["embed.weight"]["codec"] == "uniform"
-    assert chosen["embed.weight"]["step"] == chosen["layer.query.weight"]["step"]  # equal slope, equal step
+    # equal slope, equal step: up to the greedy upgrades that spend what the Lagrangian choice leaves
+    steps = [chosen[name]["step"] for name in ("layer.query.weight", "layer.dense.weight", "conv.weight")]
+    assert max(steps) / min(steps) <= 2 ** (2 / allocate.STEP_GRID_PER_OCTAVE) + 1e-9
     assert chosen["position_ids"]["codec"] == "raw" and chosen["position_ids"]["mse"] == 0.0
 
 
