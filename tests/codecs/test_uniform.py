@@ -191,3 +191,18 @@ def test_uniform_hostile_file_with_valid_checksums_is_rejected():
     wcz = container.from_bytes(container.to_bytes([record]))
     with pytest.raises(CorruptFileError):
         wcz.decode("w")
+
+
+def test_uniform_column_steps():
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 1, (7, 2, 3)).astype(np.float32)
+    steps = np.linspace(0.1, 0.6, 6).reshape(1, 6)
+    e = uniform.encode(w, step=steps)
+    assert e.meta["scale"] == "column" and len(e.sections["steps"]) == 24
+    stored = np.frombuffer(e.sections["steps"], "<f4").reshape(1, 6)
+    levels = uniform.quantize_levels(w, stored)
+    np.testing.assert_array_equal(uniform.decode(e.meta, e.sections, w.shape).reshape(7, 6), levels * stored)
+    with pytest.raises(CorruptFileError, match="steps section is 24 bytes"):
+        uniform.decode({"scale": "row", "coder": "cabac"}, e.sections, w.shape)
+    with pytest.raises(EncodeError, match="one per column"):
+        uniform.encode(w, step=np.ones((2, 6)))

@@ -33,11 +33,12 @@ from ..errors import CorruptFileError, EncodeError
 from .base import Encoded
 from .cabac import MAX_LEVEL, cabac_decode, cabac_encode
 
-__all__ = ["NAME", "SCALES", "quantize_levels", "quantize_with_error", "matrix_shape", "encode", "encode_levels", "decode", "describe", "grid_step", "estimate_grid"]
+__all__ = ["NAME", "SCALES", "quantize_levels", "quantize_with_error", "matrix_shape", "step_matrix", "encode", "encode_levels", "decode", "describe", "grid_step", "estimate_grid"]
 
 NAME = "uniform"
-#: Step granularity stored in ``meta["scale"]``: one step, or one per row (first dimension).
-SCALES = ("tensor", "row")
+#: Step granularity stored in ``meta["scale"]``: one step, one per row (first dimension), or one
+#: per column (an input feature of a Linear weight: what calibrated allocation weights).
+SCALES = ("tensor", "row", "column")
 SECTIONS = ("steps", "levels")
 STEP_DTYPE = np.dtype("<f4")
 LEVEL_CODER = "cabac"
@@ -58,13 +59,14 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def quantize_levels(array: np.ndarray, steps: np.ndarray, dead_zone: float = 0.0) -> np.ndarray:
-    """Integer levels of ``array`` (viewed as ``rows x cols``) for steps of one or ``rows`` values.
+    """Integer levels of ``array`` (viewed as ``rows x cols``) for one step, or one per row or column.
 
     Parameters
     ----------
     array : ndarray of float, any shape
-    steps : ndarray of float32, shape (1,) or (rows,)
-        Positive, finite.
+    steps : ndarray of float32
+        Positive, finite: shape (1,) or (rows,) (one per row), or a step matrix of shape
+        (1, 1), (rows, 1) or (1, cols).
     dead_zone : float
         ``z`` in ``[0, 0.5)``: values below ``(1/2 + z) * Δ`` in magnitude become level 0.
 
@@ -93,7 +95,7 @@ def quantize_with_error(array: np.ndarray, steps: np.ndarray, dead_zone: float =
     values = np.ascontiguousarray(array).reshape(rows, cols)
     if values.dtype not in (np.float32, np.float64):
         values = values.astype(np.float64)
-    stored = np.ascontiguousarray(steps, dtype=np.float32).reshape(-1)
+    stored = step_matrix(steps, rows, cols)
     levels = np.empty((rows, cols), dtype=np.int64)
     error = _quantize(values, stored, 0.5 - float(dead_zone), levels)
     return levels, error
@@ -103,10 +105,11 @@ def quantize_with_error(array: np.ndarray, steps: np.ndarray, dead_zone: float =
 def _quantize(values, steps, offset, levels):
     error = 0.0
     rows, cols = values.shape
+    per_row, per_column = steps.shape[0] > 1, steps.shape[1] > 1
     for r in range(rows):
-        step32 = steps[r if steps.shape[0] > 1 else 0]
-        step = np.float64(step32)
         for c in range(cols):
+            step32 = steps[r if per_row else 0, c if per_column else 0]
+            step = np.float64(step32)
             x = np.float64(values[r, c])
             m = np.floor(abs(x) / step + offset)
             level = int(-m if x < 0 else m)
@@ -116,6 +119,25 @@ def _quantize(values, steps, offset, levels):
     return error
 
 
+def step_matrix(steps: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``steps`` as a float32 matrix of shape (1, 1), (rows, 1) or (1, cols); 1-D means per row.
+
+    Raises
+    ------
+    EncodeError
+        For any other shape.
+    """
+    steps = np.asarray(steps, dtype=STEP_DTYPE)
+    if steps.ndim < 2:
+        steps = steps.reshape(-1, 1)
+    if steps.shape not in ((1, 1), (rows, 1), (1, cols)):
+        raise EncodeError(
+            f"steps of shape {steps.shape} do not fit levels of {rows} x {cols}: give one step, "
+            f"one per row ({rows}) or one per column ({cols})"
+        )
+    return np.ascontiguousarray(steps, dtype=np.float32)
+
+
 def encode(array: np.ndarray, *, step: float | np.ndarray, dead_zone: float = 0.0) -> Encoded:
     """Quantize a float32 array to levels on a uniform grid and code them.
 
@@ -123,9 +145,10 @@ def encode(array: np.ndarray, *, step: float | np.ndarray, dead_zone: float = 0.
     ----------
     array : ndarray of float32, any shape
         Finite values.
-    step : float or ndarray of float, shape (rows,)
-        ``Δ``: one positive step for the tensor, or one per row (first dimension). Stored as
-        float32, and the levels are computed with the stored value.
+    step : float or ndarray of float, shape (rows,), (rows, 1) or (1, cols)
+        ``Δ``: one positive step for the tensor, one per row (first dimension), or one per
+        column of the ``rows x cols`` view. Stored as float32, and the levels are computed with
+        the stored value.
     dead_zone : float
         ``z`` in ``[0, 0.5)`` (see :func:`quantize_levels`); 0 rounds to the nearest level.
 
@@ -148,21 +171,21 @@ def encode(array: np.ndarray, *, step: float | np.ndarray, dead_zone: float = 0.
     ({'scale': 'tensor', 'coder': 'cabac'}, [[0.4, 0.0], [0.6, -0.6]])
     """
     values = _check_array(array)
-    steps = _check_steps(step, matrix_shape(values.shape)[0])
+    steps = _check_steps(step, *matrix_shape(values.shape))
     if not (isinstance(dead_zone, (int, float)) and 0.0 <= dead_zone < MAX_DEAD_ZONE):
         raise EncodeError(f"dead_zone must be a number in [0, {MAX_DEAD_ZONE}), got {dead_zone!r}")
     return encode_levels(quantize_levels(values, steps, dead_zone), steps)
 
 
 def encode_levels(levels: np.ndarray, steps: np.ndarray) -> Encoded:
-    """Store already quantized ``rows x cols`` levels with their float32 steps (1 or ``rows``)."""
-    steps = np.asarray(steps, dtype=STEP_DTYPE).reshape(-1)
+    """Store already quantized ``rows x cols`` levels with their steps (see :func:`step_matrix`)."""
+    steps = step_matrix(steps, *levels.shape)
     peak = int(np.abs(levels).max()) if levels.size else 0
     if peak > MAX_LEVEL:
         raise EncodeError(
             f"step {float(steps.min()):.3g} gives a level of magnitude {peak}, above {MAX_LEVEL}; use a larger step"
         )
-    scale = SCALES[0] if steps.size == 1 else SCALES[1]
+    scale = SCALES[0] if steps.size == 1 else SCALES[1] if steps.shape[0] > 1 else SCALES[2]
     return Encoded(NAME, {"scale": scale, "coder": LEVEL_CODER}, {"steps": steps.tobytes(), "levels": cabac_encode(levels)})
 
 
@@ -177,7 +200,7 @@ def decode(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...])
         tensor's levels.
     """
     steps, levels = _read(meta, sections, shape)
-    values = levels.astype(np.float32) * steps.reshape(-1, 1)
+    values = levels.astype(np.float32) * steps
     return values.astype(np.float32).reshape(shape)
 
 
@@ -313,18 +336,15 @@ def _check_array(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _check_steps(step, rows: int) -> np.ndarray:
-    steps = np.asarray(step, dtype=np.float64).reshape(-1)
-    if steps.size not in (1, rows):
-        raise EncodeError(f"step must be one number or one per row ({rows}), got {steps.size} values")
-    stored = steps.astype(STEP_DTYPE)
+def _check_steps(step, rows: int, cols: int) -> np.ndarray:
+    stored = step_matrix(np.asarray(step, dtype=np.float64), rows, cols)
     if not (np.isfinite(stored).all() and (stored > 0).all()):
-        raise EncodeError(f"every step must be positive and finite as float32, got {steps[:5].tolist()}")
+        raise EncodeError(f"every step must be positive and finite as float32, got {stored.reshape(-1)[:5].tolist()}")
     return stored
 
 
 def _read(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Validated steps (float32, 1 or rows) and levels (rows x cols) of a stored tensor."""
+    """Validated step matrix (float32, see :func:`step_matrix`) and levels (rows x cols) of a stored tensor."""
     if sorted(sections) != sorted(SECTIONS):
         raise CorruptFileError(f"uniform tensor has sections {sorted(sections)}; expected {list(SECTIONS)}")
     if meta.get("scale") not in SCALES:
@@ -332,13 +352,14 @@ def _read(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) 
     if meta.get("coder") != LEVEL_CODER:
         raise CorruptFileError(f"uniform tensor meta 'coder' is {meta.get('coder')!r}; expected {LEVEL_CODER!r}")
     rows, cols = matrix_shape(tuple(shape))
-    count = 1 if meta["scale"] == "tensor" else rows
+    shapes = {"tensor": (1, 1), "row": (rows, 1), "column": (1, cols)}
+    count = math.prod(shapes[meta["scale"]])
     data = bytes(sections["steps"])
     if len(data) != count * STEP_DTYPE.itemsize:
         raise CorruptFileError(
             f"uniform steps section is {len(data)} bytes; scale {meta['scale']!r} of shape {tuple(shape)} needs {count * 4}"
         )
-    steps = np.frombuffer(data, dtype=STEP_DTYPE).astype(np.float32)
+    steps = np.frombuffer(data, dtype=STEP_DTYPE).astype(np.float32).reshape(shapes[meta["scale"]])
     if not (np.isfinite(steps).all() and (steps > 0).all()):
         raise CorruptFileError("uniform steps must be positive and finite")
     return steps, cabac_decode(bytes(sections["levels"]), rows, cols)
