@@ -201,7 +201,7 @@ def test_uniform_column_steps():
     assert e.meta["scale"] == "column" and len(e.sections["steps"]) == 24
     stored = np.frombuffer(e.sections["steps"], "<f4").reshape(1, 6)
     levels = uniform.quantize_levels(w, stored)
-    np.testing.assert_array_equal(uniform.decode(e.meta, e.sections, w.shape).reshape(7, 6), levels * stored)
+    np.testing.assert_array_equal(uniform.decode(e.meta, e.sections, w.shape).reshape(7, 6), levels.astype(np.float32) * stored)
     with pytest.raises(CorruptFileError, match="steps section is 24 bytes"):
         uniform.decode({"scale": "row", "coder": "cabac"}, e.sections, w.shape)
     with pytest.raises(EncodeError, match="one per column"):
