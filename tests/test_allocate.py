@@ -95,7 +95,9 @@ def test_state_dict_is_not_modified(tmp_path):
         ({"size": -5}, "positive int"),
         ({"ratio": 0.0}, "positive number"),
         ({"size": 200}, "cannot fit the state_dict in 200 bytes; the smallest file"),
-        ({"size": 10**6, "calibration": [1]}, "calibration is not supported"),
+        ({"size": 10**6, "calibration": [1]}, "calibration must map tensor names"),
+        ({"size": 10**6, "calibration": {"nope.weight": np.ones((1, 3))}}, "'nope.weight' is not a float tensor"),
+        ({"size": 10**6, "calibration": {"layer.query.weight": np.ones((3, 3))}}, r"expected non-negative \(1, 32\)"),
     ],
 )
 def test_errors(tmp_path, kwargs, message):
@@ -149,3 +151,49 @@ def test_estimate_grid_matches_the_real_quantizer():
         assert e == pytest.approx(((values - levels.reshape(-1) * step) ** 2).sum())
         _, counts = np.unique(levels, return_counts=True)
         assert b == pytest.approx(-(counts * np.log2(counts / values.size)).sum())
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(400, 32)
+        self.fc = torch.nn.Linear(32, 64)
+        self.out = torch.nn.Linear(64, 8)
+
+    def forward(self, tokens):
+        return self.out(torch.relu(self.fc(self.embed(tokens))))
+
+
+def test_calibration_statistics_shapes_and_values():
+    torch.manual_seed(0)
+    model = TinyLM()
+    batches = [torch.randint(0, 10, (4, 7)) for _ in range(3)]  # only tokens 0..9 are seen
+    stats = weightcodec.calibration_statistics(model, batches)
+    assert stats["embed.weight"].shape == (400, 1) and stats["fc.weight"].shape == (1, 32)
+    assert stats["out.weight"].shape == (1, 64)
+    assert stats["embed.weight"].sum() == pytest.approx(1.0) and not stats["embed.weight"][10:].any()
+    x = model.embed(torch.cat(batches).reshape(-1)).detach().double()
+    np.testing.assert_allclose(stats["fc.weight"].ravel(), (x * x).mean(0).numpy(), rtol=1e-6)
+    with pytest.raises(EncodeError, match="empty"):
+        weightcodec.calibration_statistics(model, [])
+
+
+def test_calibrated_allocation_lowers_the_weighted_error(tmp_path):
+    torch.manual_seed(0)
+    model = TinyLM()
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    batches = [torch.randint(0, 10, (8, 16)) for _ in range(4)]
+    stats = weightcodec.calibration_statistics(model, batches)
+
+    def output_error(path):
+        restored = TinyLM()
+        restored.load_state_dict(weightcodec.load(path))
+        tokens = torch.cat(batches)
+        with torch.no_grad():
+            return float(((restored(tokens) - model(tokens)) ** 2).mean())
+
+    plain = weightcodec.encode_to_size(sd, tmp_path / "plain.wcz", ratio=8.0)
+    calibrated = weightcodec.encode_to_size(sd, tmp_path / "calibrated.wcz", ratio=8.0, calibration=stats)
+    assert calibrated["file_bytes"] <= calibrated["budget"] == plain["budget"]
+    assert weightcodec.container.read(tmp_path / "calibrated.wcz").record("embed.weight").encoded.meta["scale"] == "row"
+    assert output_error(tmp_path / "calibrated.wcz") < output_error(tmp_path / "plain.wcz")

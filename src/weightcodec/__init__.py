@@ -15,11 +15,13 @@ from .allocate import encode_to_size, parse_size  # noqa: E402
 from .api import apply_recipe, compress, load, load_bytes, load_into  # noqa: E402
 from .errors import CorruptFileError, DataError, EncodeError, FormatError, WeightcodecError  # noqa: E402
 from .recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
+from .simplify.calibrate import calibration_statistics  # noqa: E402
 
 __all__ = [
     "__version__",
     "compress",
     "encode_to_size",
+    "calibration_statistics",
     "parse_size",
     "apply_recipe",
     "load",
