@@ -24,6 +24,14 @@ estimates are rescaled by the ratio real / estimated at its chosen step, the hea
 replaces its estimate, and the search repeats until the real file fits and is within
 :data:`TOLERANCE` of the budget, or :data:`MAX_ROUNDS` are spent (the best file that fits is
 kept). Everything is deterministic: the same state_dict and budget give the same bytes.
+
+The distortion is the plain squared error, except for token-embedding tables (their error is
+weighted by :data:`TOKEN_EMBEDDING_SENSITIVITY`: a row only matters when its token occurs).
+With ``calibration`` (:func:`weightcodec.calibration_statistics`), each error inside a tensor is
+also weighted by its input column's second moment (Linear) or its row's token frequency
+(Embedding), and that tensor gets one step per column or per row. k-means codebooks (the deep
+codec) are not among the options: at equal bytes they leave 18-26% more squared error than a
+uniform step on MiniLM's layers at 8-32 clusters (2% at 64).
 """
 
 from __future__ import annotations
@@ -138,10 +146,12 @@ def encode_to_size(
         Instead of ``size``: the budget is the state_dict's bytes divided by ``ratio``.
     calibration : mapping of str to ndarray, optional
         Importances from :func:`weightcodec.calibration_statistics` (a few hundred unlabeled
-        inputs run through the model): the error of a tensor listed there is weighted by them,
-        ``sum h (w - q)^2``, with one step per column (Linear) or per row (Embedding).
-        Without it (data-free), every error counts alike, except token-embedding tables
-        (:data:`TOKEN_EMBEDDINGS`), weighted by :data:`TOKEN_EMBEDDING_SENSITIVITY`.
+        inputs run through the model): within a tensor listed there, each error is weighted by
+        them, ``sum h (w - q)^2`` (``h`` floored and scaled to mean 1), with one step per
+        column (Linear) or per row (Embedding). Between tensors, every error counts alike,
+        except token-embedding tables (:data:`TOKEN_EMBEDDINGS`), weighted by
+        :data:`TOKEN_EMBEDDING_SENSITIVITY`: an input's statistics say which columns of a layer
+        matter, not how much the layer's output matters to the model's.
     seed : int
         Recorded in the file's metadata (the data-free search draws no random numbers).
     progress : bool
@@ -169,7 +179,7 @@ def encode_to_size(
     arrays = {name: _as_values(name, state_dict[name]) for name in names}
     scales = _column_or_row_scales(arrays, calibration or {})
     options = {
-        name: _options(state_dict[name], arrays[name], scales.get(name), _sensitivity(name, calibration))
+        name: _options(state_dict[name], arrays[name], scales.get(name), _sensitivity(name))
         for name in tqdm(names, desc="estimating", unit="tensor", disable=not progress)
     }
     metadata = {"producer": f"weightcodec {__version__}", "method": "encode_to_size", "budget": str(budget), "seed": str(seed)}
@@ -206,15 +216,15 @@ def _as_values(name: str, tensor: torch.Tensor) -> np.ndarray | None:
     return values
 
 
-def _sensitivity(name: str, calibration: Mapping | None) -> float:
-    """The data-free weight of a tensor's squared error (1 with calibration: the importances say it)."""
-    if calibration is None and any(fnmatch.fnmatchcase(name, pattern) for pattern in TOKEN_EMBEDDINGS):
+def _sensitivity(name: str) -> float:
+    """The weight of a tensor's squared error against the other tensors' (1 but for token embeddings)."""
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in TOKEN_EMBEDDINGS):
         return TOKEN_EMBEDDING_SENSITIVITY
     return 1.0
 
 
 def _column_or_row_scales(arrays: Mapping[str, np.ndarray | None], calibration: Mapping) -> dict[str, np.ndarray]:
-    """Per calibrated tensor: ``h`` floored at CALIBRATION_FLOOR x its mean, as a step matrix shape."""
+    """Per calibrated tensor: ``h`` floored at CALIBRATION_FLOOR x its mean, over its mean (mean 1)."""
     if not isinstance(calibration, Mapping):
         raise EncodeError(
             f"calibration must map tensor names to importances (weightcodec.calibration_statistics), "
@@ -231,35 +241,34 @@ def _column_or_row_scales(arrays: Mapping[str, np.ndarray | None], calibration: 
         if h.shape not in ((1, cols), (rows, 1)) or not np.isfinite(h).all() or (h < 0).any() or not h.any():
             problems.append(f"{name!r}: importance of shape {h.shape}, expected non-negative (1, {cols}) or ({rows}, 1)")
             continue
-        scales[name] = h + CALIBRATION_FLOOR * h.mean()
+        floored = h + CALIBRATION_FLOOR * h.mean()
+        scales[name] = floored / floored.mean()
     if problems:
         raise EncodeError("calibration does not fit the state_dict: " + "; ".join(problems))
     return scales
 
 
 def _options(tensor: torch.Tensor, values: np.ndarray | None, importance: np.ndarray | None, weight: float) -> list[Option]:
-    """Every option of one tensor, the exact one (its own bytes) first; distortions weighted.
+    """Every option of one tensor, the exact one (its own bytes) first; distortions times ``weight``.
 
-    With ``importance`` ``h`` (a step matrix shape), the weighted error ``sum h (w - q)^2`` of a
-    step ``Δ / s`` with ``s = sqrt(h / mean h)`` is ``mean h`` times the plain error of ``w s``
-    at step ``Δ``: the uniform options are estimated on ``w s``.
+    With ``importance`` ``h`` (a step matrix shape, mean 1), the weighted error ``sum h (w - q)^2``
+    of steps ``Δ / s`` with ``s = sqrt(h)`` is the plain error of ``w s`` at step ``Δ``: the
+    uniform options are estimated on ``w s``.
     """
     exact = Option("raw", None, tensor.numel() * tensor.element_size(), 0.0)
     if values is None:
         return [exact]
     matrix = values.reshape(uniform.matrix_shape(values.shape)).astype(np.float64)
-    h = np.full((1, 1), weight) if importance is None else importance
+    h = np.ones((1, 1)) if importance is None else importance
     half = matrix.astype(np.float16).astype(np.float64)
     options = [exact]
     if tensor.dtype != torch.float16 and np.isfinite(half).all():
-        options.append(Option("float16", None, 2.0 * matrix.size, float((h * (matrix - half) ** 2).sum())))
+        options.append(Option("float16", None, 2.0 * matrix.size, weight * float((h * (matrix - half) ** 2).sum())))
     if values.ndim >= 2:
-        mean = float(h.mean())
-        scaled = matrix * np.sqrt(h / mean)
         steps_bytes = 0 if importance is None else uniform.STEP_DTYPE.itemsize * importance.size
         options += [
-            Option(o.kind, o.step, o.bytes + steps_bytes, mean * o.distortion, o.dead_zone)
-            for o in _uniform_options(scaled.reshape(-1))
+            Option(o.kind, o.step, o.bytes + steps_bytes, weight * o.distortion, o.dead_zone)
+            for o in _uniform_options((matrix * np.sqrt(h)).reshape(-1))
         ]
     return options
 
@@ -295,8 +304,8 @@ class _Search:
 
     def __init__(self, state_dict, arrays, options, metadata, scales):
         self.state_dict, self.arrays, self.metadata = state_dict, arrays, metadata
-        # per calibrated tensor, s = sqrt(h / mean h): its steps are Δ / s
-        self.scales = {name: np.sqrt(h / h.mean()) for name, h in scales.items()}
+        # per calibrated tensor, s = sqrt(h) (h of mean 1): its steps are Δ / s
+        self.scales = {name: np.sqrt(h) for name, h in scales.items()}
         self.names = list(options)
         self.options = options
         width = max(len(o) for o in options.values())
