@@ -71,8 +71,10 @@ DEAD_ZONES = (0.0, 0.1, 0.2, 0.3)
 TOKEN_EMBEDDINGS = ("*word_embeddings.weight", "*embed_tokens.weight", "*wte.weight", "*tok_embeddings.weight")
 TOKEN_EMBEDDING_SENSITIVITY = 0.1
 #: Calibrated mode: importances are floored at this fraction of their mean, so that a column or a
-#: row the calibration inputs never used (a token absent from them) still keeps a coarse step.
-CALIBRATION_FLOOR = 0.1
+#: row the calibration inputs never used (a token absent from them) still keeps a step. Chosen on
+#: MiniLM (160 calibration sentences, 160 other validation sentences; mean / worst cosine at 7.5
+#: and 10 MB): 0.1 -> 0.965 / 0.892 and 0.992 / 0.975; 1.0 -> 0.968 / 0.942 and 0.990 / 0.981.
+CALIBRATION_FLOOR = 1.0
 # Tensors larger than this are estimated on an evenly strided subsample of about this size.
 ESTIMATE_SAMPLE = 1 << 15
 # Stop once the real file is within this fraction under the budget.
