@@ -197,3 +197,23 @@ def test_calibrated_allocation_lowers_the_weighted_error(tmp_path):
     assert calibrated["file_bytes"] <= calibrated["budget"] == plain["budget"]
     assert weightcodec.container.read(tmp_path / "calibrated.wcz").record("embed.weight").encoded.meta["scale"] == "row"
     assert output_error(tmp_path / "calibrated.wcz") < output_error(tmp_path / "plain.wcz")
+
+
+def test_dtypes_scalars_and_empty_tensors_come_back(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    sd = {
+        "a.weight": (torch.randn(64, 64, generator=g) * 0.1).bfloat16(),
+        "b.weight": torch.randn(64, 32, generator=g).double(),
+        "n.weight": torch.ones(64).bfloat16(),
+        "scalar": torch.tensor(3.0),
+        "empty": torch.zeros(0, 4),
+        "mask": torch.tensor([True, False, True]),
+    }
+    report = weightcodec.encode_to_size(sd, tmp_path / "m.wcz", ratio=3.0)
+    back = weightcodec.load(tmp_path / "m.wcz")
+    assert report["file_bytes"] <= report["budget"]
+    for name, tensor in sd.items():
+        assert back[name].dtype == tensor.dtype and back[name].shape == tensor.shape
+    assert torch.equal(back["mask"], sd["mask"]) and float(back["scalar"]) == 3.0
+    measured = float(((back["a.weight"].double() - sd["a.weight"].double()) ** 2).mean())
+    assert report["tensors"]["a.weight"]["mse"] == pytest.approx(measured)
