@@ -12,6 +12,7 @@
 __version__ = "0.1.0"
 
 from .allocate import encode_to_size, parse_size  # noqa: E402
+from .exact import encode_exact  # noqa: E402
 from .api import apply_recipe, compress, load, load_bytes, load_into  # noqa: E402
 from .errors import CorruptFileError, DataError, EncodeError, FormatError, WeightcodecError  # noqa: E402
 from .recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
@@ -21,6 +22,7 @@ __all__ = [
     "__version__",
     "compress",
     "encode_to_size",
+    "encode_exact",
     "calibration_statistics",
     "parse_size",
     "apply_recipe",
