@@ -217,3 +217,17 @@ def test_dtypes_scalars_and_empty_tensors_come_back(tmp_path):
     assert torch.equal(back["mask"], sd["mask"]) and float(back["scalar"]) == 3.0
     measured = float(((back["a.weight"].double() - sd["a.weight"].double()) ** 2).mean())
     assert report["tensors"]["a.weight"]["mse"] == pytest.approx(measured)
+
+
+def test_full_calibration_compensates_and_fits(tmp_path):
+    torch.manual_seed(0)
+    model = TinyLM()
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    batches = [torch.randint(0, 10, (8, 16)) for _ in range(4)]
+    stats = weightcodec.calibration_statistics(model, batches, full=True)
+    assert stats["fc.weight"].shape == (32, 32) and stats["embed.weight"].shape == (400, 1)
+    report = weightcodec.encode_to_size(sd, tmp_path / "m.wcz", ratio=8.0, calibration=stats)
+    assert report["file_bytes"] <= report["budget"]
+    back = weightcodec.load(tmp_path / "m.wcz")
+    measured = float(((back["fc.weight"].double() - sd["fc.weight"].double()) ** 2).mean())
+    assert report["tensors"]["fc.weight"]["mse"] == pytest.approx(measured)

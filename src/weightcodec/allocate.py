@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from . import __version__, container, tensors
 from .codecs import raw, uniform
+from .codecs.compensate import compensated_levels
 from .errors import EncodeError
 
 __all__ = ["encode_to_size", "parse_size", "STEP_GRID_PER_OCTAVE"]
@@ -150,7 +151,9 @@ def encode_to_size(
         Importances from :func:`weightcodec.calibration_statistics` (a few hundred unlabeled
         inputs run through the model): within a tensor listed there, each error is weighted by
         them, ``sum h (w - q)^2`` (``h`` floored and scaled to mean 1), with one step per
-        column (Linear) or per row (Embedding). Between tensors, every error counts alike,
+        column (Linear) or per row (Embedding); a Linear given its whole ``E[x x^T]``
+        (``calibration_statistics(..., full=True)``) also has its rounding errors compensated
+        column by column, GPTQ-style. Between tensors, every error counts alike,
         except token-embedding tables (:data:`TOKEN_EMBEDDINGS`), weighted by
         :data:`TOKEN_EMBEDDING_SENSITIVITY`: an input's statistics say which columns of a layer
         matter, not how much the layer's output matters to the model's.
@@ -179,13 +182,13 @@ def encode_to_size(
     budget = _budget(state_dict, size, ratio)
     names = list(state_dict)
     arrays = {name: _as_values(name, state_dict[name]) for name in names}
-    scales = _column_or_row_scales(arrays, calibration or {})
+    scales, hessians = _column_or_row_scales(arrays, calibration or {})
     options = {
         name: _options(state_dict[name], arrays[name], scales.get(name), _sensitivity(name))
         for name in tqdm(names, desc="estimating", unit="tensor", disable=not progress)
     }
     metadata = {"producer": f"weightcodec {__version__}", "method": "encode_to_size", "budget": str(budget), "seed": str(seed)}
-    search = _Search(state_dict, arrays, options, metadata, scales)
+    search = _Search(state_dict, arrays, options, metadata, scales, hessians)
     data, choice, rounds = search.run(budget, progress)
     container.atomic_write_bytes(Path(path), data)
     return _report(search, choice, data, budget, rounds, time.perf_counter() - started)
@@ -225,14 +228,15 @@ def _sensitivity(name: str) -> float:
     return 1.0
 
 
-def _column_or_row_scales(arrays: Mapping[str, np.ndarray | None], calibration: Mapping) -> dict[str, np.ndarray]:
-    """Per calibrated tensor: ``h`` floored at CALIBRATION_FLOOR x its mean, over its mean (mean 1)."""
+def _column_or_row_scales(arrays: Mapping[str, np.ndarray | None], calibration: Mapping) -> tuple[dict, dict]:
+    """Per calibrated tensor: ``h`` floored at CALIBRATION_FLOOR x its mean, over its mean (mean 1);
+    and the full input moments ``E[x x^T]`` of those given whole (for GPTQ compensation)."""
     if not isinstance(calibration, Mapping):
         raise EncodeError(
             f"calibration must map tensor names to importances (weightcodec.calibration_statistics), "
             f"got {type(calibration).__name__}"
         )
-    problems, scales = [], {}
+    problems, scales, hessians = [], {}, {}
     for name, importance in calibration.items():
         values = arrays.get(name)
         h = np.asarray(importance, dtype=np.float64)
@@ -240,14 +244,18 @@ def _column_or_row_scales(arrays: Mapping[str, np.ndarray | None], calibration: 
             problems.append(f"{name!r} is not a float tensor with two or more dims here")
             continue
         rows, cols = uniform.matrix_shape(values.shape)
+        if h.shape == (cols, cols) and cols > 1 and np.isfinite(h).all():
+            hessians[name], h = h, np.diag(h).reshape(1, cols).copy()
         if h.shape not in ((1, cols), (rows, 1)) or not np.isfinite(h).all() or (h < 0).any() or not h.any():
-            problems.append(f"{name!r}: importance of shape {h.shape}, expected non-negative (1, {cols}) or ({rows}, 1)")
+            problems.append(
+                f"{name!r}: importance of shape {h.shape}, expected non-negative (1, {cols}), ({rows}, 1) or ({cols}, {cols})"
+            )
             continue
         floored = h + CALIBRATION_FLOOR * h.mean()
         scales[name] = floored / floored.mean()
     if problems:
         raise EncodeError("calibration does not fit the state_dict: " + "; ".join(problems))
-    return scales
+    return scales, hessians
 
 
 def _options(tensor: torch.Tensor, values: np.ndarray | None, importance: np.ndarray | None, weight: float) -> list[Option]:
@@ -304,8 +312,8 @@ def _uniform_options(flat: np.ndarray) -> list[Option]:
 class _Search:
     """The Lagrangian search over every tensor's options, with real encodes to correct the estimates."""
 
-    def __init__(self, state_dict, arrays, options, metadata, scales):
-        self.state_dict, self.arrays, self.metadata = state_dict, arrays, metadata
+    def __init__(self, state_dict, arrays, options, metadata, scales, hessians):
+        self.state_dict, self.arrays, self.metadata, self.hessians = state_dict, arrays, metadata, hessians
         # per calibrated tensor, s = sqrt(h) (h of mean 1): its steps are Δ / s
         self.scales = {name: np.sqrt(h) for name, h in scales.items()}
         self.names = list(options)
@@ -409,11 +417,14 @@ class _Search:
         else:
             s = self.scales.get(name)
             steps = np.array([[option.step]], dtype=np.float32) if s is None else (option.step / s).astype(np.float32)
-            levels, error = uniform.quantize_with_error(values, steps, option.dead_zone)
-            encoded = uniform.encode_levels(levels, steps)
-            if tensor.dtype == torch.float32:  # decoded values are loaded as they are: the error is exact
-                return container.TensorRecord(name, dtype, tuple(tensor.shape), encoded), error
-            restored = levels.astype(np.float32) * steps[0]
+            if name in self.hessians:
+                matrix = values.reshape(uniform.matrix_shape(values.shape))
+                levels = compensated_levels(matrix, steps, option.dead_zone, self.hessians[name])
+            else:
+                levels, error = uniform.quantize_with_error(values, steps, option.dead_zone)
+                if tensor.dtype == torch.float32:  # decoded values are loaded as they are: the error is exact
+                    return container.TensorRecord(name, dtype, tuple(tensor.shape), uniform.encode_levels(levels, steps)), error
+            encoded, restored = uniform.encode_levels(levels, steps), levels.astype(np.float32) * steps
         return container.TensorRecord(name, dtype, tuple(tensor.shape), encoded), _squared_error(tensor, restored)
 
     def _correct(self, choice: np.ndarray, records: list[container.TensorRecord]) -> None:

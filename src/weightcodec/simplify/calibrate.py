@@ -29,7 +29,7 @@ from ..errors import EncodeError
 __all__ = ["calibration_statistics"]
 
 
-def calibration_statistics(model: nn.Module, inputs: Iterable[Any]) -> dict[str, np.ndarray]:
+def calibration_statistics(model: nn.Module, inputs: Iterable[Any], *, full: bool = False) -> dict[str, np.ndarray]:
     """Input second moments of every Linear and row frequencies of every Embedding, by name.
 
     Parameters
@@ -39,12 +39,17 @@ def calibration_statistics(model: nn.Module, inputs: Iterable[Any]) -> dict[str,
     inputs : iterable
         Batches: a dict is passed as ``model(**batch)``, a tuple or list as ``model(*batch)``,
         anything else as ``model(batch)``.
+    full : bool
+        For a Linear, return the whole ``E[x x^T]`` (in_features x in_features) instead of its
+        diagonal: :func:`weightcodec.encode_to_size` then also compensates rounding errors
+        across columns, GPTQ-style (:mod:`weightcodec.codecs.compensate`).
 
     Returns
     -------
     dict of str to ndarray of float64
-        ``"<module>.weight"`` -> importance of shape (1, in_features) for a Linear, (num_embeddings,
-        1) for an Embedding (see the module docstring). Modules that saw no input are left out.
+        ``"<module>.weight"`` -> importance of shape (1, in_features) for a Linear ((in_features,
+        in_features) with ``full``), (num_embeddings, 1) for an Embedding (see the module
+        docstring). Modules that saw no input are left out.
 
     Raises
     ------
@@ -65,7 +70,8 @@ def calibration_statistics(model: nn.Module, inputs: Iterable[Any]) -> dict[str,
     def linear_hook(name):
         def hook(module, args, output):
             x = args[0].detach().to(torch.float64).reshape(-1, module.in_features)
-            _add(sums, counts, name, (x * x).sum(0).numpy().reshape(1, -1), x.shape[0])
+            moment = (x.T @ x).numpy() if full else (x * x).sum(0).numpy().reshape(1, -1)
+            _add(sums, counts, name, moment, x.shape[0])
         return hook
 
     def embedding_hook(name):
