@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, api, container, report, tensors
+from . import __version__, api, container, report
 from .codecs import deep, weightless
 from .errors import WeightcodecError
 from .pipelines.models import MODELS
@@ -123,6 +123,7 @@ def _add_encode(commands, common) -> None:
     p.add_argument("--init", help=f"k-means initialisation, one of {', '.join(sorted(cluster.INITS))} (default linear)")
     p.add_argument("--recipe", type=Path, help="a TOML recipe instead of the codec options")
     p.add_argument("--seed", type=int, default=0, help="seed of random choices (default 0)")
+    _add_jobs(p, "encode")
     p.set_defaults(run=_run_encode)
 
 
@@ -132,7 +133,15 @@ def _add_decode(commands, common) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="OUT.pt, OUT.safetensors, or OUT.onnx with --onnx")
     p.add_argument("--onnx", type=Path, metavar="MODEL.onnx",
                    help="write the weights into this ONNX graph's initializers (matched by name)")
+    _add_jobs(p, "decode")
     p.set_defaults(run=_run_decode)
+
+
+def _add_jobs(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument(
+        "--jobs", "-j", type=_positive_int, default=1,
+        help=f"{verb} this many tensors at once, on threads (default 1; memory grows with it; the output does not change)",
+    )
 
 
 def _add_inspect(commands, common) -> None:
@@ -204,8 +213,8 @@ def _run_encode(args: argparse.Namespace) -> None:
     if args.recipe is None and args.codec is None:
         raise WeightcodecError(f"give --codec {{{','.join(METHODS)}}} (or --recipe R.toml)")
     recipe = load_recipe(args.recipe) if args.recipe else recipe_from_options(args.codec, **options)
-    state = tensors.load_state_dict(args.input)
-    _write(api.compress(state, recipe, args.output, seed=args.seed, progress=not args.quiet), args.output)
+    api.compress_file(args.input, recipe, args.output, seed=args.seed, jobs=args.jobs, progress=not args.quiet)
+    _say(f"wrote {args.output}: {report.headline(container.read(args.output))}")
 
 
 def _run_compress(args: argparse.Namespace) -> None:
@@ -220,7 +229,7 @@ def _write(data: bytes, path: Path) -> None:
 
 def _run_decode(args: argparse.Namespace) -> None:
     if args.onnx is None:
-        tensors.save_state_dict(api.load(args.input), args.output)
+        api.decompress_file(args.input, args.output, jobs=args.jobs, progress=not args.quiet)
         _say(f"wrote {args.output}")
         return
     from .onnx_export import export_onnx
