@@ -109,6 +109,8 @@ __all__ = [
     "ribbon_layer_seed",
 ]
 
+#: numba and llvmlite release series the hand-written LLVM IR below was tested with.
+TESTED_NUMBA, TESTED_LLVMLITE = "0.68", "0.50"
 W = 64  # band width: one uint64 coefficient word per row
 LOAD = 1.05  # keys per row of a bumping layer: overloaded on purpose, the excess is bumped
 BUCKET = 128  # start positions per bucket: B * t bits of table per META_BITS of metadata
@@ -138,10 +140,12 @@ _SEED_TRY_SHIFT = 48
 # bit tricks
 
 
-# Two LLVM bit intrinsics numba does not expose, through its public extension API
-# (numba.extending.intrinsic + llvmlite.ir): one instruction each where the CPU has it. Pure numba
-# code was measured 2-7x slower for the decode kernel (LLVM does not recognise a SWAR popcount
-# there), so numba and llvmlite are bounded to the tested versions (TESTED_NUMBA below).
+# LLVM bit intrinsics numba does not expose, written with its public extension API
+# (numba.extending.intrinsic, llvmlite.ir.IRBuilder): one instruction each where the CPU has it.
+# Pure numba code (a SWAR or xor-fold parity) was measured 2-7x slower for the decode kernel, as
+# LLVM does not turn it into popcounts there. Because the IR is hand-written, numba and llvmlite
+# are bounded to the versions it was tested with (pyproject.toml, constraints.txt); a test fails
+# on any other.
 
 
 @intrinsic
