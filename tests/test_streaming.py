@@ -230,3 +230,16 @@ def test_encode_and_decode_hold_one_tensor_at_a_time(tmp_path):
     recipe = recipe_from_options("deep", clusters=16, index_bits=4)
     assert (tmp_path / "m.wcz").read_bytes() == api.compress(model, recipe)
     assert (tmp_path / "back.safetensors").read_bytes() == (tmp_path / "m.safetensors").read_bytes()
+
+
+def test_cli_jobs_give_the_same_files(model, tmp_path):
+    from weightcodec.cli import main
+
+    tensors.save_state_dict({k: v for k, v in model.items() if k != "empty"}, tmp_path / "m.pt")
+    for jobs in ("1", "2"):
+        assert main(["encode", str(tmp_path / "m.pt"), "-o", str(tmp_path / f"{jobs}.wcz"), "--codec", "deep",
+                     "--clusters", "8", "--sparsity", "0.5", "--jobs", jobs, "-q"]) == 0
+        assert main(["decode", str(tmp_path / "1.wcz"), "-o", str(tmp_path / f"{jobs}.safetensors"), "--jobs", jobs, "-q"]) == 0
+    assert (tmp_path / "1.wcz").read_bytes() == (tmp_path / "2.wcz").read_bytes()
+    assert (tmp_path / "1.safetensors").read_bytes() == (tmp_path / "2.safetensors").read_bytes()
+    assert main(["encode", str(tmp_path / "m.pt"), "-o", str(tmp_path / "x.wcz"), "--codec", "raw", "--jobs", "0"]) == 2

@@ -384,7 +384,9 @@ def compress_file(
     """
     recipe = as_recipe(recipe)
     if load_hook(recipe) is not None:
-        raise EncodeError(f"the recipe's training hook {recipe.hook!r} needs a model; use weightcodec.compress(model, ...)")
+        raise EncodeError(
+            f"the recipe's training hook {recipe.hook!r} needs a model; use weightcodec.compress(model, ...)"
+        )
     container.check_writable(path)
     source = source if isinstance(source, tensors.StateDictFile) else tensors.StateDictFile(source)
     rules = recipe.assign(compressible_names(source.specs))
@@ -462,7 +464,10 @@ def decompress_file(
     container.check_writable(path)
     wcz = container.read(wcz_path)
     records = {rec.name: rec for rec in wcz.records}
-    specs = {name: torch.empty(rec.shape, dtype=tensors.TORCH_DTYPES[rec.dtype], device="meta") for name, rec in records.items()}
+    specs = {
+        name: torch.empty(rec.shape, dtype=tensors.TORCH_DTYPES[rec.dtype], device="meta")
+        for name, rec in records.items()
+    }
 
     def decode_one(name: str) -> torch.Tensor:
         return tensors.numpy_to_tensor(wcz.decode(name), records[name].dtype)

@@ -139,9 +139,9 @@ class StateDictFile(Mapping[str, torch.Tensor]):
         self._whole: dict[str, torch.Tensor] | None = None  # a legacy .pt file, loaded once
         if self.path.suffix == ".safetensors":
             with self._safe_open() as f:
+                slices = {name: f.get_slice(name) for name in f.offset_keys()}
                 self.specs = {
-                    name: _meta_tensor(SAFETENSORS_DTYPES.get(f.get_slice(name).get_dtype()), f.get_slice(name).get_shape())
-                    for name in f.offset_keys()
+                    name: _meta_tensor(SAFETENSORS_DTYPES.get(s.get_dtype()), s.get_shape()) for name, s in slices.items()
                 }
         else:
             state = self._load_pt()

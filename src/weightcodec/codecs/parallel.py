@@ -2,13 +2,13 @@
 
 NumPy and the ``nogil`` numba kernels release the GIL, so Python threads run them in parallel.
 
-Used by the decoders instead of numba's ``parallel=True``: a plain ``nogil`` kernel loads from
-numba's cache faster than a parallel one (no gufunc, no threading layer to start), which is most
-of the cost of decoding a file in a fresh process, and its threads are ordinary Python threads,
-so callers that already decode several tensors at once can turn the inner split off.
-
-Each position of the output is written by exactly one chunk, so the result does not depend on
-the number of threads.
+:func:`run_chunks` is how the ribbon decoder runs its kernel instead of numba's
+``parallel=True``: a plain ``nogil`` kernel loads from numba's cache faster than a parallel one
+(no gufunc, no threading layer to start), a large part of decoding a file in a fresh process,
+and its threads are ordinary Python threads, so callers that already decode several tensors at
+once (:func:`ordered_map`, ``--jobs``) turn the inner split off. Each position of the output is
+written by exactly one chunk, and :func:`ordered_map` yields in input order, so no result
+depends on the number of threads.
 """
 
 from __future__ import annotations

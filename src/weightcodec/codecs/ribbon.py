@@ -402,6 +402,7 @@ _PARITIES_4, _PARITIES_8, _PARITIES_16 = (_window_parities_lanes(n) for n in (4,
 def _window_parities(address, first, t, start, coeff):
     """The left-hand side at start row ``start`` (bit j = column j) for coefficient row ``coeff``.
 
+    ``address`` is the data address of the solution words (see :func:`_window_parities_lanes`).
     Column j of the 64-row window is ``words[first + j] >> sh`` joined with the next block's
     word ``<< (64 - sh)``, ``sh = start mod 64``. Instead of shifting t words, the coefficient
     row is shifted once: parity(window & coeff) = parity(lo & coeff << sh) xor parity(hi &
@@ -593,7 +594,8 @@ def ribbon_build(
 def ribbon_query(table: bytes, params: Mapping[str, Any], positions: np.ndarray) -> np.ndarray:
     """Read the t-bit value at each position (stored keys exact, others pseudo-random).
 
-    Vectorized and parallel (numba ``prange``); no memory beyond the output, so callers
+    Vectorized and run on threads (:func:`~weightcodec.codecs.parallel.run_chunks`); no memory
+    beyond the output, so callers
     chunk a whole layer's positions to bound memory.
 
     Parameters
