@@ -29,7 +29,7 @@ from .codecs import deep, weightless
 from .errors import WeightcodecError
 from .pipelines.models import MODELS
 from .pipelines.reproduce import METHODS as REPRODUCE_METHODS
-from .pipelines.reproduce import reproduce
+from .pipelines.reproduce import format_summary, reproduce
 from .recipe import METHODS, load_recipe, recipe_from_options
 from .simplify import cluster
 
@@ -212,6 +212,11 @@ def _run_encode(args: argparse.Namespace) -> None:
         raise WeightcodecError(f"give either --recipe or --codec with its options, not both (got --recipe and {', '.join(given)})")
     if args.recipe is None and args.codec is None:
         raise WeightcodecError(f"give --codec {{{','.join(METHODS)}}} (or --recipe R.toml)")
+    if args.recipe is None and args.codec == "weightless" and args.t is None:
+        raise WeightcodecError(
+            "--codec weightless needs --t T, the bits per filter cell: a pruned weight decodes non-zero "
+            "with probability K / 2**T (e.g. --t 10 with the default 32 clusters: 3.1 %)"
+        )
     recipe = load_recipe(args.recipe) if args.recipe else recipe_from_options(args.codec, **options)
     api.compress_file(args.input, recipe, args.output, seed=args.seed, jobs=args.jobs, progress=not args.quiet)
     _say(f"wrote {args.output}: {report.headline(container.read(args.output))}")
@@ -258,10 +263,5 @@ def _run_reproduce(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     result = reproduce(args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data)
-    _say(_format_result(result))
-
-
-def _format_result(result: dict) -> str:
-    """The scalar figures of a reproduce() result, one per line (the JSON file has the rest)."""
-    return "\n".join(f"{key}: {value}" for key, value in result.items() if isinstance(value, (int, float, str)))
+    _say(format_summary(result))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import struct
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
@@ -54,6 +55,7 @@ SAFETENSORS_RANK = {"bool": 0, "uint8": 1, "int8": 2, "int16": 5, "float16": 7, 
 SAFETENSORS_DTYPES = {code: TORCH_DTYPES[name] for name, code in SAFETENSORS_CODES.items()}
 #: File types :func:`save_state_dict` writes: safetensors, or a PyTorch pickle of tensors only.
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".safetensors")
+STATE_DICT_KINDS = "a .pt/.pth written by torch.save(model.state_dict(), path), or a .safetensors file"
 
 
 def dtype_name(tensor: torch.Tensor, name: str = "tensor") -> str:
@@ -110,7 +112,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     :class:`StateDictFile` reads the same file one tensor at a time.
     """
     path = Path(path)
-    if path.suffix == ".safetensors" or not path.is_file():
+    _check_state_dict_path(path)
+    if path.suffix == ".safetensors":
         source = StateDictFile(path)
         return {name: source[name] for name in source}
     return _as_state_dict(_torch_load(path), path)
@@ -133,9 +136,7 @@ class StateDictFile(Mapping[str, torch.Tensor]):
     """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise WeightcodecError(f"{self.path}: no such file")
+        self.path = _check_state_dict_path(Path(path))
         self._whole: dict[str, torch.Tensor] | None = None  # a legacy .pt file, loaded once
         if self.path.suffix == ".safetensors":
             with self._safe_open() as f:
@@ -192,11 +193,28 @@ def _torch_load(path: Path) -> object:
         raise WeightcodecError(_pt_load_error(path, exc)) from None
 
 
+def _check_state_dict_path(path: Path) -> Path:
+    """``path``, after checking that it is a non-empty file (a clear error otherwise)."""
+    if path.is_dir():
+        raise WeightcodecError(f"{path}: is a directory, expected a state_dict file ({STATE_DICT_KINDS})")
+    if not path.is_file():
+        raise WeightcodecError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise WeightcodecError(f"{path}: the file is empty (0 bytes), expected a state_dict file ({STATE_DICT_KINDS})")
+    return path
+
+
 def _pt_load_error(path: Path, exc: Exception) -> str:
+    if isinstance(exc, pickle.UnpicklingError):  # weights_only refused a pickled object: a whole model, most likely
+        return (
+            f"{path}: cannot load as a state_dict with weights_only=True (it pickles objects other than "
+            "tensors). If it holds a whole model saved with torch.save(model), re-save it with "
+            "torch.save(model.state_dict(), path)"
+        )
+    # torch.load raises many types for files it cannot parse
     return (
-        f"{path}: cannot load as a state_dict with weights_only=True ({type(exc).__name__}). "
-        "If it holds a whole model saved with torch.save(model), re-save it with "
-        "torch.save(model.state_dict(), path)"
+        f"{path}: not a file torch.load can read ({type(exc).__name__}); expected a state_dict file "
+        f"({STATE_DICT_KINDS})"
     )
 
 

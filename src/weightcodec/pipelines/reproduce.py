@@ -24,13 +24,29 @@ from . import deep_compression, weightless
 from .data import Mnist, load_mnist
 from .models import MODELS
 
-__all__ = ["METHODS", "PAPER", "reproduce", "run_deep"]
+__all__ = ["METHODS", "PAPER", "FULL_RUNS", "reproduce", "run_deep", "format_summary"]
 
-# Table 1 of Deep Compression (reference.md §2.2): test error in percent and compression ratio.
+# Table 1 of Deep Compression (docs/references.md §2.2): test error in percent and compression ratio.
 PAPER = {
     ("lenet300", "deep"): {"baseline_test_error": 1.64, "test_error": 1.58, "ratio": 40.0},
     ("lenet5", "deep"): {"baseline_test_error": 0.80, "test_error": 0.74, "ratio": 39.0},
 }
+
+# The committed full runs (benchmarks/results/reproduce-<model>-<method>.json, seed 0), shown beside a
+# quick run's figures; packaged here so an installed weightcodec has them without the repository.
+FULL_RUNS = {
+    ("lenet300", "deep"): {"baseline_test_error": 0.93, "test_error": 1.27, "file_bytes": 19734, "ratio": 54.04},
+    ("lenet300", "weightless"): {"baseline_test_error": 0.93, "test_error": 1.29, "file_bytes": 14568, "ratio": 73.2},
+    ("lenet5", "deep"): {"baseline_test_error": 0.52, "test_error": 0.59, "file_bytes": 35186, "ratio": 49.01},
+    ("lenet5", "weightless"): {"baseline_test_error": 0.52, "test_error": 0.63, "file_bytes": 24374, "ratio": 70.74},
+}
+# The figures format_summary() prints: (result key, label, format of one value).
+SUMMARY_FIGURES = (
+    ("baseline_test_error", "baseline test error", "{:.2f} %"),
+    ("test_error", "test error (decoded file)", "{:.2f} %"),
+    ("file_bytes", "file", "{:,} B"),
+    ("ratio", "ratio vs float32", "{:.1f}x"),
+)
 
 Method = Callable[..., dict]
 
@@ -107,7 +123,7 @@ def reproduce(
     json_path = results_dir / f"{stem}.json"
     out_path = Path(out_path) if out_path is not None else results_dir / f"{stem}.wcz"
     results_dir.mkdir(parents=True, exist_ok=True)
-    mnist = load_mnist(data)
+    mnist = load_mnist(data, progress=progress)
     figures = METHODS[method](model, mnist, out_path, quick=quick, seed=seed, progress=progress)
     result = {
         "model": model,
@@ -124,6 +140,36 @@ def reproduce(
     }
     atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())
     return result
+
+
+def format_summary(result: dict) -> str:
+    """A :func:`reproduce` result as a short table: this run beside the committed full run and the paper.
+
+    Examples
+    --------
+    >>> print(format_summary({"model": "lenet5", "method": "deep", "quick": True, "baseline_test_error": 3.5,
+    ...                       "test_error": 4.13, "file_bytes": 41234, "ratio": 41.8181, "seconds": 80.0,
+    ...                       "json_path": "r.json", "wcz_path": "r.wcz"}))
+    lenet5 --method deep --quick: a smoke run on a small training budget; its errors are far above a full run's
+    figure                     this run  full run (committed)   paper
+    baseline test error          3.50 %                0.52 %  0.80 %
+    test error (decoded file)    4.13 %                0.59 %  0.74 %
+    file                       41,234 B              35,186 B       -
+    ratio vs float32              41.8x                 49.0x   39.0x
+    took 80 s; wrote r.json and r.wcz
+    """
+    key = (result["model"], result["method"])
+    columns = {"this run": result, "full run (committed)": FULL_RUNS.get(key, {}), "paper": PAPER.get(key) or {}}
+    rows = [["figure", *columns]]
+    for name, label, form in SUMMARY_FIGURES:
+        rows.append([label, *(form.format(figures[name]) if name in figures else "-" for figures in columns.values())])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    table = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    kind = ": a smoke run on a small training budget; its errors are far above a full run's" if result["quick"] else ""
+    title = f"{result['model']} --method {result['method']}{' --quick' if result['quick'] else ''}{kind}"
+    footer = f"took {result['seconds']:.0f} s; wrote {result['json_path']} and {result['wcz_path']}"
+    return "\n".join([title, *table, footer])
 
 
 def _environment() -> dict:
