@@ -12,7 +12,11 @@ stderr), 2 bad arguments, 3 an internal error (a bug: rerun with ``--debug`` for
     weightcodec decode model.wcz --onnx model.onnx -o compressed.onnx
     weightcodec inspect model.wcz [--json] [--plot bytes.png]
     weightcodec compress --recipe recipe.toml my_models:build --weights model.pt -o model.wcz
-    weightcodec reproduce lenet300 --method deep --quick
+    weightcodec reproduce lenet300 --method deep --quick [--device cuda]
+    torchrun --nproc_per_node 2 -m weightcodec reproduce lenet300 --quick
+
+``reproduce`` and ``compress`` join the torchrun job they are started in
+(:func:`weightcodec.distributed.launch`); only rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, api, container, report
+import torch
+
+from . import __version__, api, container, distributed, report
 from .codecs import deep, weightless
 from .errors import WeightcodecError
 from .pipelines.models import MODELS
@@ -163,6 +169,7 @@ def _add_compress(commands, common) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="the .wcz file to write")
     p.add_argument("--weights", type=Path, help="state_dict file loaded into the model built by module:function")
     p.add_argument("--seed", type=int, default=0, help="seed of random choices (default 0)")
+    _add_device(p, "the training hook's model")
     p.set_defaults(run=_run_compress)
 
 
@@ -181,7 +188,15 @@ def _add_reproduce(commands, common) -> None:
     p.add_argument(
         "--threads", type=_positive_int, help="CPU threads for training (default: PyTorch's; 1 is faster on a busy machine)"
     )
+    _add_device(p, "training, pruning and clustering")
     p.set_defaults(run=_run_reproduce)
+
+
+def _add_device(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--device", choices=distributed.DEVICES, default="auto",
+        help=f"where {what} run (default auto: cuda when PyTorch sees a GPU); the codecs always run on the CPU",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -224,8 +239,15 @@ def _run_encode(args: argparse.Namespace) -> None:
 
 def _run_compress(args: argparse.Namespace) -> None:
     recipe = load_recipe(args.recipe)
-    model = api.load_model(args.model, weights=args.weights, search=[recipe.folder, Path.cwd()])
-    _write(api.compress(model, recipe, args.output, seed=args.seed, progress=not args.quiet), args.output)
+    with distributed.launch(args.device) as runtime:
+        model = api.load_model(args.model, weights=args.weights, search=[recipe.folder, Path.cwd()])
+        if isinstance(model, torch.nn.Module):  # every rank starts from rank 0's weights, on the job's device
+            distributed.broadcast_module_(model.to(runtime.device))
+        output = args.output if runtime.is_main else None
+        data = api.compress(model, recipe, output, seed=args.seed, progress=not args.quiet and runtime.is_main)
+        distributed.check_identical({"the file": data}, "compress")
+        if runtime.is_main:
+            _write(data, args.output)
 
 
 def _write(data: bytes, path: Path) -> None:
@@ -259,9 +281,11 @@ def _run_inspect(args: argparse.Namespace) -> None:
 
 def _run_reproduce(args: argparse.Namespace) -> None:
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
-    result = reproduce(args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data)
-    _say(format_summary(result))
+    with distributed.launch(args.device) as runtime:
+        result = reproduce(
+            args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data
+        )
+        if runtime.is_main:
+            _say(format_summary(result))
 

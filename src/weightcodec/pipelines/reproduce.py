@@ -4,13 +4,22 @@
 ``.wcz`` file and evaluates the model decoded from it, and writes
 ``<results_dir>/reproduce-<model>-<method>.json`` (``...-quick.json`` for ``quick=True``, so a
 smoke test never overwrites the full results). Methods are dispatched through :data:`METHODS`.
+
+It runs in the job of :func:`weightcodec.distributed.launch` (``weightcodec reproduce`` opens
+it; a plain single CPU process otherwise). Under ``torchrun`` every rank runs the same pipeline
+on its shard of each batch; rank 0 writes the results, the other ranks write theirs into a
+private temporary folder that is deleted at the end, and the sha256 of every rank's ``.wcz``
+file is compared: the result reports them (``file_sha256_by_rank``) and ``world_size``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import tempfile
 import time
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -18,6 +27,7 @@ from typing import Callable
 import torch
 
 from .. import __version__ as weightcodec_version
+from .. import distributed
 from ..container import atomic_write_bytes
 from ..errors import WeightcodecError
 from . import deep_compression, weightless
@@ -105,26 +115,36 @@ def reproduce(
         What was written to the JSON: the pipeline's figures (``baseline_test_error``,
         ``test_error`` of the decoded model, ``original_bytes``, ``file_bytes``, ``ratio``,
         ``layers``...), plus ``model``, ``method``, ``quick``, ``seed``, ``seconds``, the
-        ``paper``'s figures, ``json_path`` and ``wcz_path``.
+        ``paper``'s figures, ``world_size``, ``device``, ``backend``, ``file_sha256_by_rank``,
+        ``json_path`` and ``wcz_path`` (the paths rank 0 wrote).
 
     Raises
     ------
     WeightcodecError
         For an unknown model or method (the message lists the valid ones); DataError when
-        MNIST cannot be obtained.
+        MNIST cannot be obtained; WeightcodecError too if the ranks of a job wrote different files.
     """
     if model not in MODELS:
         raise WeightcodecError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
     if method not in METHODS:
         raise WeightcodecError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     start = time.perf_counter()
-    results_dir = Path(results_dir)
+    runtime = distributed.current()
     stem = f"reproduce-{model}-{method}{'-quick' if quick else ''}"
-    json_path = results_dir / f"{stem}.json"
-    out_path = Path(out_path) if out_path is not None else results_dir / f"{stem}.wcz"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    mnist = load_mnist(data, progress=progress)
-    figures = METHODS[method](model, mnist, out_path, quick=quick, seed=seed, progress=progress)
+    json_path = Path(results_dir) / f"{stem}.json"
+    out_path = Path(out_path) if out_path is not None else Path(results_dir) / f"{stem}.wcz"
+    with ExitStack() as scratch:
+        if not runtime.is_main:  # the same pipeline, its files out of rank 0's way
+            folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix=f"weightcodec-rank{runtime.rank}-")))
+            results_dir, out_path = folder, folder / out_path.name
+        Path(results_dir).mkdir(parents=True, exist_ok=True)
+        mnist = load_mnist(data, progress=progress and runtime.is_main)
+        figures = METHODS[method](model, mnist, out_path, quick=quick, seed=seed, progress=progress and runtime.is_main)
+        digests = distributed.gather_object(hashlib.sha256(out_path.read_bytes()).hexdigest())
+    if len(set(digests)) > 1:
+        raise WeightcodecError(
+            f"the ranks of this job wrote different files (sha256 by rank: {digests}); it is a bug, please report it"
+        )
     result = {
         "model": model,
         "method": method,
@@ -134,11 +154,14 @@ def reproduce(
         "seconds": round(time.perf_counter() - start, 1),
         "paper": PAPER.get((model, method)),
         "data": mnist.source,
+        **runtime.describe(),
+        "file_sha256_by_rank": digests,
         "environment": _environment(),
         "json_path": str(json_path),
         "wcz_path": str(out_path),
     }
-    atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())
+    if runtime.is_main:
+        atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())
     return result
 
 
@@ -168,7 +191,8 @@ def format_summary(result: dict) -> str:
              for row in rows]
     kind = ": a smoke run on a small training budget; its errors are far above a full run's" if result["quick"] else ""
     title = f"{result['model']} --method {result['method']}{' --quick' if result['quick'] else ''}{kind}"
-    footer = f"took {result['seconds']:.0f} s; wrote {result['json_path']} and {result['wcz_path']}"
+    processes = f" on {result['world_size']} processes ({result['backend']})" if result.get("world_size", 1) > 1 else ""
+    footer = f"took {result['seconds']:.0f} s{processes}; wrote {result['json_path']} and {result['wcz_path']}"
     return "\n".join([title, *table, footer])
 
 

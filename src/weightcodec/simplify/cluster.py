@@ -26,6 +26,10 @@ Fine-tuning (Eq. 3): :func:`share_weights_` ties ``module.weight`` to
 trained Parameter, so autograd gives centroid ``k`` the *sum* of the gradients of the weights
 whose code is ``k``: ``dL/dC_k = sum_ij dL/dW_ij 1(I_ij = k)``. :func:`make_permanent_` turns the
 tied weight back into a plain Parameter.
+
+k-means runs on the CPU (NumPy) whatever the model's device: a GPU weight's non-zeros are copied
+to the host, and the codes and mask of :class:`SharedWeights` go back to the weight's device, so
+fine-tuning stays there. It costs about one sort of the non-zeros (benchmarks/results/throughput.md).
 """
 
 from __future__ import annotations
@@ -207,7 +211,7 @@ class SharedWeights(nn.Module):
         kept = self.mask.flatten()
         codes = self.codes.flatten()[kept]
         values = weight.detach().flatten()[kept].to(torch.float64)
-        sums = torch.zeros(self.k, dtype=torch.float64).index_add_(0, codes, values)
+        sums = torch.zeros(self.k, dtype=torch.float64, device=values.device).index_add_(0, codes, values)
         counts = torch.bincount(codes, minlength=self.k).clamp(min=1)
         return (sums / counts).to(weight.dtype)
 
@@ -259,7 +263,8 @@ def share_weights_(
         raise EncodeError(f"{type(module).__name__}.{name} is all zeros: nothing to cluster")
     full_codes = torch.zeros(weight.numel(), dtype=torch.long)
     full_codes[mask.flatten()] = torch.from_numpy(codes)
-    shared = SharedWeights(full_codes.view(weight.shape), mask, k)
+    # the codes and the mask live beside the weight (a GPU model keeps its ties on the GPU)
+    shared = SharedWeights(full_codes.view(weight.shape).to(weight.device), mask.to(weight.device), k)
     parametrize.register_parametrization(module, name, shared, unsafe=True)
     with torch.no_grad():
         module.parametrizations[name].original.copy_(torch.from_numpy(centroids))
