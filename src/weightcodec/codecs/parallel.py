@@ -65,7 +65,10 @@ def run_chunks(kernel: Callable, size: int, args: tuple) -> None:
     if threads <= 1:
         kernel(0, n_chunks, *args)
         return
-    bounds = [n_chunks * i // threads for i in range(threads + 1)]
+    # the first chunk here: numba compiles or loads the kernel from its cache on this thread,
+    # before any worker calls it
+    kernel(0, 1, *args)
+    bounds = [1 + (n_chunks - 1) * i // threads for i in range(threads + 1)]
     with ThreadPoolExecutor(threads) as pool:
         for future in [pool.submit(kernel, lo, hi, *args) for lo, hi in zip(bounds, bounds[1:])]:
             future.result()
