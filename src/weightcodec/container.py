@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .codecs import Encoded, get_codec, raw
+from .codecs import Encoded, alias, get_codec, raw
 from .errors import CorruptFileError, FormatError, WeightcodecError
 
 __all__ = [
@@ -76,8 +76,10 @@ class WczFile:
     header_bytes: int
 
     def decode(self, name: str) -> np.ndarray:
-        """Decode one tensor to a NumPy array (raw dtype for ``raw``, float32 otherwise)."""
+        """Decode one tensor to a NumPy array (raw dtype for ``raw``, float32 otherwise; an alias as its target)."""
         record = self.record(name)
+        if record.encoded.codec == alias.NAME:
+            return self.decode(alias.target(record.encoded.meta))
         codec = get_codec(record.encoded.codec)
         _check_decoded_size(record)
         try:
@@ -336,7 +338,27 @@ def _parse_tensors(entries: list, data_area: memoryview) -> list[TensorRecord]:
         raise CorruptFileError(
             f"{len(data_area) - expected_offset} unexpected bytes after the last section (trailing data)"
         )
+    _check_aliases(records)
     return records
+
+
+def _check_aliases(records: list[TensorRecord]) -> None:
+    """An alias has no sections and names an earlier tensor, not itself an alias, of its dtype and shape."""
+    earlier: dict[str, TensorRecord] = {}
+    for record in records:
+        if record.encoded.codec == alias.NAME:
+            target = earlier.get(alias.target(record.encoded.meta))
+            if record.encoded.sections or target is None or target.encoded.codec == alias.NAME:
+                raise CorruptFileError(
+                    f"tensor {record.name!r}: an alias must have no sections and name an earlier tensor that is "
+                    f"not an alias; it names {record.encoded.meta.get('target')!r}"
+                )
+            if (target.dtype, target.shape) != (record.dtype, record.shape):
+                raise CorruptFileError(
+                    f"tensor {record.name!r} ({record.dtype} {list(record.shape)}) is an alias of {target.name!r} "
+                    f"({target.dtype} {list(target.shape)}); an alias has its target's dtype and shape"
+                )
+        earlier[record.name] = record
 
 
 def _check_entry(index: int, entry: Any):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import container
-from .codecs import get_codec, raw
+from .codecs import alias, get_codec, raw
 from .errors import EncodeError, WeightcodecError
 
 __all__ = [
@@ -23,6 +23,8 @@ __all__ = [
     "tensor_to_numpy",
     "numpy_to_tensor",
     "encode_tensor",
+    "encode_alias",
+    "shared_aliases",
     "decode_file",
     "load_state_dict",
     "save_state_dict",
@@ -87,9 +89,52 @@ def encode_tensor(name: str, tensor: torch.Tensor, codec: str = "raw", **params)
     return container.TensorRecord(name, dtype, tuple(tensor.shape), encoded)
 
 
+def encode_alias(name: str, tensor: torch.Tensor, target_name: str) -> container.TensorRecord:
+    """A record that stores ``tensor`` as the tensor ``target_name`` it shares its storage with."""
+    return container.TensorRecord(name, dtype_name(tensor, name), tuple(tensor.shape), alias.encode(target_name))
+
+
+def shared_aliases(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Names whose tensor is the very same view of the same storage as an earlier name's (tied weights).
+
+    Returns
+    -------
+    dict of str to str
+        Each later name mapped to the first name of its tensor. Tensors that only overlap (other
+        offset, shape or strides) are not aliases; nor are empty tensors.
+
+    Examples
+    --------
+    >>> w = torch.ones(2, 3)
+    >>> shared_aliases({"embed": w, "head": w, "other": w.clone(), "row": w[0]})
+    {'head': 'embed'}
+    """
+    first: dict[tuple, str] = {}
+    aliases = {}
+    for name, tensor in state_dict.items():
+        if tensor.numel() == 0:
+            continue
+        view = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.dtype,
+                tuple(tensor.shape), tensor.stride())
+        if view in first:
+            aliases[name] = first[view]
+        else:
+            first[view] = name
+    return aliases
+
+
 def decode_file(wcz: container.WczFile) -> dict[str, torch.Tensor]:
-    """Decode every tensor of a parsed file into a state_dict with the original dtypes."""
-    return {rec.name: numpy_to_tensor(wcz.decode(rec.name), rec.dtype) for rec in wcz.records}
+    """Decode every tensor of a parsed file into a state_dict with the original dtypes.
+
+    An alias entry gives back its target's tensor object, so tied weights come back tied.
+    """
+    state: dict[str, torch.Tensor] = {}
+    for rec in wcz.records:
+        if rec.encoded.codec == alias.NAME:
+            state[rec.name] = state[alias.target(rec.encoded.meta)]  # the file checked it is an earlier tensor
+        else:
+            state[rec.name] = numpy_to_tensor(wcz.decode(rec.name), rec.dtype)
+    return state
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -138,7 +183,9 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
     if path.suffix == ".safetensors":
         from safetensors.torch import save
 
-        data = save({k: v.contiguous() for k, v in state_dict.items()})
+        # safetensors refuses tensors that share memory: a tied weight is written as its own copy
+        aliases = shared_aliases(state_dict)
+        data = save({k: (v.clone() if k in aliases else v).contiguous() for k, v in state_dict.items()})
         container.atomic_write_bytes(path, data)
         return
     import io
