@@ -28,8 +28,8 @@ bytes counted):
   quantizers; its K-quants need rows divisible by 256, and MiniLM's rows are 384 wide). Bytes
   are the quantized tensor bytes plus the raw bytes of what these formats keep in float32,
   without a file header.
-* **lossless**: NNCodec's reconstructions at the matched QPs, encoded exactly by our codec
-  (every tensor keeps its own values), against NNCodec's bitstream.
+* **lossless**: NNCodec's reconstructions at the two smallest matched QPs, encoded exactly by
+  our codecs (every tensor keeps its own values), against NNCodec's bitstream.
 
 Encode seconds of ours and NNCodec's are measured in the same run, one after the other, with
 the load average before each encode (the machine is shared: timings are upper bounds).
@@ -53,6 +53,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -61,7 +62,13 @@ import torch
 from _common import RESULTS, machine, machine_line, timed, write_results
 
 import weightcodec
-from weightcodec import api, tensors
+from weightcodec import api, container, tensors
+from weightcodec.codecs import deep
+
+try:  # the uniform codec (encode_to_size's) stores another tool's uniform grid exactly
+    from weightcodec.codecs import uniform
+except ImportError:
+    uniform = None
 from weightcodec.pipelines.data import cache_dir
 from weightcodec.pipelines.pretrained import MINILM, load_minilm, minilm_dir, sentence_embeddings
 
@@ -70,11 +77,12 @@ SENTENCES = HERE / "data" / "sentences.txt"
 NNCODEC_PYTHON = HERE / ".venv-nncodec" / "bin" / "python"
 RATIOS = (4, 5, 6, 8, 10, 12)  # targets of encode_to_size, against the float32 safetensors
 DEEP_CLUSTERS = (256, 64, 32, 16, 8)  # the deep codec's points (about 4x .. 12x)
-NNCODEC_PROBES = (-40, -28)  # the first two NNCodec QPs, from which the others are predicted
+NNCODEC_PROBES = (-40, -28)  # NNCodec's first two QPs when none is known yet; the others are predicted
 QP_RANGE = (-70, -4)
 QUICK = {"ratios": (4, 10), "clusters": (256, 16)}
 GGUF_TYPES = ("Q8_0", "Q5_0", "Q4_0")
 RATIO_TICKS = (2, 3, 4, 5, 6, 8, 10, 12, 16)
+LOSSLESS_POINTS = 2  # the lossless comparison at the two smallest matched NNCodec points (each is a full encode)
 INT8_MAX = 127
 
 
@@ -133,25 +141,40 @@ def kept_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for name, t in state.items() if name not in names)
 
 
-def ours_points(state: dict[str, torch.Tensor], original_bytes: int, work: Path, judge: Judge, quick: bool) -> list[dict]:
-    """Our codec's points: encode_to_size at the target ratios, or the deep codec at K clusters."""
-    points = []
+def ours_points(state: dict[str, torch.Tensor], original_bytes: int, work: Path, judge: Judge, quick: bool,
+                reuse: bool) -> list[dict]:
+    """Our codec's points: encode_to_size at the target ratios, or the deep codec at K clusters.
+
+    Each encode's bytes and seconds go to a JSON beside its ``.wcz``; with ``reuse`` a point
+    whose two files exist is taken from them (its seconds are that earlier run's).
+    """
     if hasattr(weightcodec, "encode_to_size"):
-        for ratio in QUICK["ratios"] if quick else RATIOS:
-            path = work / f"ours-{ratio}x.wcz"
-            load = os.getloadavg()
-            report, seconds = timed(lambda: weightcodec.encode_to_size(state, path, size=original_bytes // ratio))
-            points.append({"setting": f"encode_to_size {ratio}x", "encode_seconds": seconds, "load_average_before": load,
-                           "target_bytes": original_bytes // ratio, **_decoded(path, judge)})
+        settings = {f"encode_to_size {r}x": (f"ours-{r}x", _to_size(state, original_bytes // r))
+                    for r in (QUICK["ratios"] if quick else RATIOS)}
     else:
-        for clusters in QUICK["clusters"] if quick else DEEP_CLUSTERS:
-            recipe = {"rule": [{"match": "*", "method": "deep", "clusters": clusters, "sparsity": 0.0, "entropy": "ans"}]}
-            path = work / f"ours-deep-k{clusters}.wcz"
+        settings = {f"deep K={k} ans": (f"ours-deep-k{k}", _deep(state, k)) for k in (QUICK["clusters"] if quick else DEEP_CLUSTERS)}
+    points = []
+    for setting, (stem, encode) in settings.items():
+        path, record = work / f"{stem}.wcz", work / f"{stem}.json"
+        if not (reuse and path.exists() and record.exists()):
             load = os.getloadavg()
-            _, seconds = timed(lambda: weightcodec.compress(state, recipe, path))
-            points.append({"setting": f"deep K={clusters} ans", "encode_seconds": seconds, "load_average_before": load,
-                           **_decoded(path, judge)})
+            cpu = time.process_time()
+            _, seconds = timed(lambda: encode(path))
+            timing = {"encode_seconds": seconds, "encode_cpu_seconds": time.process_time() - cpu,
+                      "load_average_before": load, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            record.write_text(json.dumps(timing) + "\n")
+        points.append({"method": "ours", "setting": setting, **json.loads(record.read_text()), **_decoded(path, judge)})
+        print("ours", setting, points[-1]["bytes"], round(points[-1]["mean_cos"], 5), flush=True)
     return points
+
+
+def _to_size(state: dict[str, torch.Tensor], size: int):
+    return lambda path: weightcodec.encode_to_size(state, path, size=size)
+
+
+def _deep(state: dict[str, torch.Tensor], clusters: int):
+    recipe = {"rule": [{"match": "*", "method": "deep", "clusters": clusters, "sparsity": 0.0, "entropy": "ans"}]}
+    return lambda path: weightcodec.compress(state, recipe, path)
 
 
 def _decoded(path: Path, judge: Judge) -> dict:
@@ -211,6 +234,7 @@ class NNCodec:
         restored = tensors.load_state_dict(self.out / f"qp{qp}.safetensors")
         self.points[qp] = {"method": "NNCodec", "setting": f"QP {qp}", "qp": qp, "bitstream_bytes": run["bytes"],
                            "bytes": run["bytes"] + _int_bytes(self.state), "encode_seconds": run["encode_seconds"],
+                           "encode_cpu_seconds": run["encode_cpu_seconds"],
                            "decode_seconds": run["decode_seconds"], "load_average_before": run["load_average_before"],
                            "measured_at": run["measured_at"], "nncodec": run["nncodec"],
                            **self.judge.fidelity({**self.state, **restored})}
@@ -230,7 +254,7 @@ class NNCodec:
         return self.point(qp)
 
     def _predict(self, size: int) -> int:
-        for qp in NNCODEC_PROBES:
+        for qp in NNCODEC_PROBES[: max(0, 2 - len(self.points))]:
             self.point(qp)
         qps = np.array(sorted(self.points), dtype=np.float64)
         sizes = np.array([self.points[int(q)]["bytes"] for q in qps], dtype=np.float64)
@@ -246,27 +270,43 @@ class NNCodec:
 
 
 def lossless_on_nncodec(point: dict, state: dict[str, torch.Tensor], work: Path) -> dict:
-    """Encode NNCodec's reconstruction at ``point`` exactly with our codec; bytes against NNCodec's bitstream.
+    """Encode NNCodec's reconstruction at ``point`` exactly with our codecs; bytes against NNCodec's bitstream.
 
-    Every compressed tensor is stored by the deep codec with as many clusters as it has distinct
-    values (kept as it is, so exactly), where that is at most 256; a tensor with more distinct
-    values than the deep codec holds is stored raw, and counted.
+    Each compressed tensor goes to the first of our codecs that stores its values exactly: the
+    uniform codec at the tensor's own grid step when every value is ``level * step`` (NNCodec
+    quantizes uniformly; this weightcodec may predate that codec), else the deep codec with ANS
+    when it has at most 256 distinct values (kept as they are), else raw. Everything else raw.
     """
     restored = tensors.load_state_dict(work / "nncodec" / f"qp{point['qp']}.safetensors")  # as NNCodec.point wrote it
     full = {**state, **restored}
-    rules, too_many = [], []
-    for name in compressed_names(full):
-        distinct = int(torch.unique(full[name]).numel())
-        if distinct <= 256:
-            rules.append({"match": name, "method": "deep", "clusters": max(distinct, 1), "entropy": "ans"})
-        else:
-            too_many.append(name)
-    rules.append({"match": "*", "method": "raw"})
+    compressed = set(compressed_names(full))
+    records = [_exact_record(name, tensor) if name in compressed else tensors.encode_tensor(name, tensor)
+               for name, tensor in full.items()]
     path = work / f"lossless-qp{point['qp']}.wcz"
-    weightcodec.compress(full, {"rule": rules}, path)
-    exact = all(torch.equal(weightcodec.load(path)[n], full[n]) for n in full)
+    container.write(path, records, {"producer": f"weightcodec {weightcodec.__version__}"})
+    decoded = weightcodec.load(path)
     return {"qp": point["qp"], "nncodec_bitstream_bytes": point["bitstream_bytes"], "ours_bytes": path.stat().st_size,
-            "ours_payload_bytes": path.stat().st_size - _int_bytes(full), "exact": exact, "raw_tensors": too_many}
+            "ours_payload_bytes": path.stat().st_size - _int_bytes(full),
+            "exact": all(torch.equal(decoded[n], full[n]) for n in full),
+            "codecs": {codec: sum(r.encoded.codec == codec for r in records if r.name in compressed)
+                       for codec in sorted({r.encoded.codec for r in records})}}
+
+
+def _exact_record(name: str, tensor: torch.Tensor) -> container.TensorRecord:
+    values = tensor.numpy()
+    step = uniform.grid_step(values) if uniform is not None else None
+    if step is not None:
+        return tensors.encode_tensor(name, tensor, "uniform", step=step)
+    if np.unique(values[values != 0]).size <= deep.MAX_CLUSTERS:
+        return tensors.encode_tensor(name, tensor, "deep", entropy="ans")
+    return tensors.encode_tensor(name, tensor)
+
+
+def cached(path: Path, reuse: bool, compute):
+    """``compute()``, kept in ``path`` as JSON; with ``reuse`` an existing ``path`` is read instead."""
+    if not (reuse and path.exists()):
+        path.write_text(json.dumps(compute()) + "\n")
+    return json.loads(path.read_text())
 
 
 def _int_bytes(state: dict[str, torch.Tensor]) -> int:
@@ -292,32 +332,41 @@ def markdown(report: dict) -> str:
         "",
         "NNCodec is taken at the QP whose bytes are the fewest not below ours.",
         "",
-        "| ours | bytes | ratio | mean cos | worst cos | NN agree | encode s | NNCodec | bytes | ratio | mean cos | worst cos | NN agree | encode s | fidelity ≥ | time ≤ |",
+        "| ours | bytes | ratio | mean cos | worst cos | NN agree | encode s (CPU s) | NNCodec | bytes | ratio | mean cos | worst cos | NN agree | encode s (CPU s) | fidelity ≥ | time ≤ |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|:-:|:-:|",
     ]
     for row in report["comparison"]:
         o, n = row["ours"], row["nncodec"]
-        left = f"| {o['setting']} | {o['bytes']:,} | {original / o['bytes']:.2f}x | {o['mean_cos']:.5f} | {o['min_cos']:.5f} | {o['nn_agreement']:.3f} | {o['encode_seconds']:.1f} "
+        left = f"| {o['setting']} | {o['bytes']:,} | {original / o['bytes']:.2f}x | {o['mean_cos']:.5f} | {o['min_cos']:.5f} | {o['nn_agreement']:.3f} | {_seconds(o)} "
         lines.append(
             left + f"| {n['setting']} | {n['bytes']:,} | {original / n['bytes']:.2f}x | {n['mean_cos']:.5f} | {n['min_cos']:.5f} | "
-            f"{n['nn_agreement']:.3f} | {n['encode_seconds']:.1f} | {_yes(row['fidelity_holds'])} | {_yes(row['time_holds'])} |"
+            f"{n['nn_agreement']:.3f} | {_seconds(n)} | {_yes(row['fidelity_holds'])} | {_yes(row['time_holds'])} |"
         )
     lines += ["", f"Target (fidelity ≥ NNCodec's — mean cos, worst cos and NN agreement — and encode time ≤ NNCodec's at every size): "
               f"**{'holds' if report['target_holds'] else 'does not hold'}**.", "",
               "## Every point", "", "| method | setting | bytes | ratio | mean cos | worst cos | NN agree | encode s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in report["points"]:
-        seconds = f"{row['encode_seconds']:.1f}" if "encode_seconds" in row else ""
+        seconds = _seconds(row) if "encode_seconds" in row else ""
         lines.append(f"| {row['method']} | {row['setting']} | {row['bytes']:,} | {original / row['bytes']:.2f}x | {row['mean_cos']:.5f} | "
                      f"{row['min_cos']:.5f} | {row['nn_agreement']:.3f} | {seconds} |")
     lines += ["", "## Lossless: NNCodec's quantized values, coded by us", "",
-              "NNCodec's reconstruction at each matched QP, stored exactly by our deep codec (a tensor with more than 256 distinct values raw).", "",
-              "| QP | NNCodec bitstream bytes | ours (whole file) | ours without position_ids | exact | tensors stored raw |", "|---|---:|---:|---:|:-:|---:|"]
+              "NNCodec's reconstruction at the two smallest matched QPs, stored exactly by our codecs: the uniform codec at the tensor's own grid step "
+              "where this weightcodec has it, else deep (at most 256 distinct values), else raw; biases and norms raw.", "",
+              "| QP | NNCodec bitstream bytes | ours (whole file) | ours without position_ids | ours / NNCodec | exact | compressed tensors by codec |",
+              "|---|---:|---:|---:|---:|:-:|---|"]
     for row in report["lossless"]:
+        codecs = ", ".join(f"{codec} {count}" for codec, count in row["codecs"].items() if count)
         lines.append(f"| {row['qp']} | {row['nncodec_bitstream_bytes']:,} | {row['ours_bytes']:,} | {row['ours_payload_bytes']:,} | "
-                     f"{_yes(row['exact'])} | {len(row['raw_tensors'])} |")
+                     f"{row['ours_payload_bytes'] / row['nncodec_bitstream_bytes']:.3f} | {_yes(row['exact'])} | {codecs} |")
     lines += ["", "Bytes: ours are whole `.wcz` files; NNCodec's its bitstream plus the raw int64 `position_ids` (4,096 B); "
-              "float16, int8 and GGUF the tensor bytes without a file header. Seconds are wall-clock on a shared machine.", ""]
+              "float16, int8 and GGUF the tensor bytes without a file header. Encode seconds are wall-clock, with the CPU seconds "
+              "of the encoding process (all its threads) in brackets; the machine is shared (load averages in the JSON), "
+              "so both are upper bounds, and `time ≤` compares wall-clock seconds.", ""]
     return "\n".join(lines)
+
+
+def _seconds(point: dict) -> str:
+    return f"{point['encode_seconds']:.1f} ({point['encode_cpu_seconds']:.1f})"
 
 
 def _yes(flag: bool) -> str:
@@ -360,8 +409,9 @@ def plot(report: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two of our points (writes real-model-quick.*)")
-    parser.add_argument("--reuse-nncodec", action="store_true",
-                        help="also use the NNCodec points an earlier run left in the work folder (their own timings)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take the points (files and timings) an earlier run left in the work folder instead of encoding again")
+    parser.add_argument("--only-ours", action="store_true", help="encode our points and stop (with --reuse later)")
     parser.add_argument("--render", action="store_true", help="only rewrite the markdown and plot from the JSON")
     options = parser.parse_args()
     name = "real-model-quick" if options.quick else "real-model"
@@ -385,13 +435,14 @@ def main() -> None:
         "sentences": len(sentences),
         "ours_codec": "weightcodec.encode_to_size" if hasattr(weightcodec, "encode_to_size") else "deep codec, K clusters per tensor, no pruning, ANS",
     }
-    ours = [{"method": "ours", **p} for p in ours_points(state, original_bytes, work, judge, options.quick)]
-    print("ours", [(p["setting"], p["bytes"], round(p["mean_cos"], 5)) for p in ours], flush=True)
+    ours = ours_points(state, original_bytes, work, judge, options.quick, options.reuse)
+    if options.only_ours:
+        return
     nncodec = NNCodec(model_path, state, work, judge)
-    if options.reuse_nncodec:
+    if options.reuse:
         nncodec.reuse()
     pairs = [(point, nncodec.at_least(point["bytes"])) for point in ours]
-    baselines = quantized_baselines(state, judge)
+    baselines = cached(work / "baselines.json", options.reuse, lambda: quantized_baselines(state, judge))
     report["comparison"] = [
         {"ours": o, "nncodec": n,
          "fidelity_holds": all(o[k] >= n[k] for k in ("mean_cos", "min_cos", "nn_agreement")),
@@ -401,7 +452,9 @@ def main() -> None:
     report["target_holds"] = all(row["fidelity_holds"] and row["time_holds"] for row in report["comparison"])
     report["points"] = ours + sorted(nncodec.points.values(), key=lambda p: p["qp"]) + baselines
     chosen = {n["qp"]: n for _, n in pairs}
-    report["lossless"] = [lossless_on_nncodec(point, state, work) for point in chosen.values()]
+    smallest = sorted(chosen.values(), key=lambda p: p["bytes"])[:LOSSLESS_POINTS]
+    report["lossless"] = [cached(work / f"lossless-qp{p['qp']}.json", options.reuse, lambda p=p: lossless_on_nncodec(p, state, work))
+                          for p in smallest]
     write_results(name, report, markdown(report))
     plot(report, RESULTS / f"{name}.png")
     print((RESULTS / f"{name}.md").read_text())

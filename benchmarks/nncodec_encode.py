@@ -7,8 +7,8 @@ with ours), never imports weightcodec, and is called by ``bench_real_model.py``:
 
 For every QP it writes ``OUT/qp<QP>.nnc`` (NNCodec's bitstream, the bytes the benchmark counts)
 and ``OUT/qp<QP>.safetensors`` (the tensors decoded from that bitstream), and
-``OUT/qp<QP>.json`` with its bytes, encode and decode seconds and the load average before the
-encode. Every floating tensor goes to NNCodec as NNCodec's own ``nncodec.nn.encode`` takes a
+``OUT/qp<QP>.json`` with its bytes, encode seconds (wall-clock and CPU) and decode seconds, and
+the load average before the encode. Every floating tensor goes to NNCodec as NNCodec's own ``nncodec.nn.encode`` takes a
 dict of arrays, with its defaults otherwise (uniform quantization, dependent quantization on,
 DeepCABAC, 1-D tensors at ``nonweight_qp = -75``); integer buffers (``position_ids``) are not
 given to it and are copied unchanged, and the benchmark counts their raw bytes beside the
@@ -80,15 +80,16 @@ def encode_at(params: dict[str, np.ndarray], qp: int, out: Path) -> dict:
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:  # nncodec also writes its own copy of the bitstream there
         args = {"qp": qp, "verbose": False, "results": scratch}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         bitstream = encode(dict(params), args=args)
-        encode_seconds = time.perf_counter() - start
+        encode_seconds, encode_cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     start = time.perf_counter()
     decoded = decode(bitstream, args=args)
     decode_seconds = time.perf_counter() - start
     (out / f"qp{qp}.nnc").write_bytes(bytes(bitstream))
     save_file({name: np.ascontiguousarray(decoded[name], dtype=np.float32) for name in params}, str(out / f"qp{qp}.safetensors"))
-    return {"qp": qp, "bytes": len(bitstream), "encode_seconds": encode_seconds, "decode_seconds": decode_seconds,
+    return {"qp": qp, "bytes": len(bitstream), "encode_seconds": encode_seconds, "encode_cpu_seconds": encode_cpu_seconds,
+            "decode_seconds": decode_seconds,
             "load_average_before": load, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
