@@ -4,7 +4,7 @@ Weightless stores a pruned, clustered layer *lossily* in a retrieval filter (a B
 by default): the codes of the non-zero weights come back exactly, and each zero comes back as a
 random centroid (a *false positive*) with probability ``K / 2**t``. The layer is then frozen
 with exactly those weights and the layers after it are retrained around the errors
-(Algorithm 1; reference.md §1.4)::
+(Algorithm 1; docs/references.md §1.4)::
 
     baseline (the Deep Compression baseline, from the checkpoint cache)
       -> prune every planned layer together, retraining (magnitude rounds or DNS); each layer
@@ -24,7 +24,7 @@ with exactly those weights and the layers after it are retrained around the erro
 
 Pruning all planned layers first, as Deep Compression does, lets every layer adapt to the
 others' pruning while all of them can still move; only clustering and encoding go layer by
-layer (the paper's order inside its step 1 is unconfirmed, reference.md §1.4).
+layer (the paper's order inside its step 1 is unconfirmed, docs/references.md §1.4).
 
 Choosing ``t``: the stored filter (:attr:`WeightlessSettings.filter`: Bloomier as in the paper
 by default, ribbon in :data:`SETTINGS`) is swept over :attr:`WeightlessSettings.t_values`, each
@@ -38,7 +38,7 @@ Compression's format.
 
 The settings (:data:`SETTINGS`) reuse Deep Compression's baseline, retraining recipes and plans
 for the layers not chosen; the plans of the chosen layers (sparsity, ``K``) and the pruning
-method are our own (the paper's Table 1 is unconfirmed, reference.md §1.3) and are written to
+method are our own (the paper's Table 1 is unconfirmed, docs/references.md §1.3) and are written to
 the result.
 """
 
@@ -110,9 +110,9 @@ T_VALUES = tuple(range(4, 16))  # cell widths swept: 4 keeps K = 16 codes, 15 le
 QUICK_T_VALUES = (6, 9)
 DNS_EVERY = 10  # optimiser steps between two DNS mask updates (Guo et al. update stochastically, ~this often)
 HISTOGRAM_BINS = 64
-ERROR_MARGIN = 0.05  # percentage points: the issue's "no worse than Deep Compression's error + 0.05"
+ERROR_MARGIN = 0.05  # percentage points: the acceptance criterion "no worse than Deep Compression's error + 0.05"
 
-# What the paper says about these models (reference.md §1.2): only the abstract's "up to 496x"
+# What the paper says about these models (docs/references.md §1.2): only the abstract's "up to 496x"
 # (which model or layer is unconfirmed; §1.2 argues for a single largest layer) and a later
 # paper's whole-model LeNet-5 figure (MIRACLE, Table 1).
 PAPER = {
@@ -221,8 +221,8 @@ def _settings(
 
 # Our own plans (the paper's Table 1 is unconfirmed). fc1 is pruned further than in Deep
 # Compression (2 % left instead of 5 %): the filter's bits per non-zero do not grow with
-# sparsity, and each zero reads as a false positive with probability K / 2**t (reference.md
-# §1.5, §5). K = 8 there (LeNet-5: 16): with K = 4 clustering alone cost LeNet-300 ~0.1 point,
+# sparsity, and each zero reads as a false positive with probability K / 2**t (docs/references.md
+# §1.5). K = 8 there (LeNet-5: 16): with K = 4 clustering alone cost LeNet-300 ~0.1 point,
 # with 8 none. Reaching 98 % with little loss takes longer pruning than Deep Compression's 95 %.
 # On LeNet-300, final test errors: 3 x 6 epochs of magnitude rounds 1.95 %, 6 x 10 1.45 %,
 # 6 x 15 1.29 % (but t = 15 needed); 40 epochs of dynamic network surgery plus 10 after the cut
@@ -988,7 +988,7 @@ def markdown_report(weightless: Mapping[str, dict], deep: Mapping[str, dict]) ->
     str
         Markdown: the largest layer per filter at the chosen ``t`` against the deep codec on the
         same weights and against the Deep Compression model's own layer; the whole models; the
-        issue's two checks; the ``t`` sweeps.
+        two acceptance criteria; the ``t`` sweeps.
     """
     lines = [
         "# Weightless vs Deep Compression on the LeNets",
@@ -1050,7 +1050,7 @@ def markdown_report(weightless: Mapping[str, dict], deep: Mapping[str, dict]) ->
             f"{_cell(d, 'file_bytes', '{} B')} | "
             f"{_cell(d, 'ratio', '{:.1f}x')} | {paper_cell} |"
         )
-    lines += ["", "## The issue's checks", ""]
+    lines += ["", "## Acceptance criteria", ""]
     for model, result in weightless.items():
         lines += _checks(model, result, deep.get(model))
     lines += ["", "## Why a filter cannot beat a lossless coder on the same weights", "", SAME_WEIGHTS_LIMIT, ""]
@@ -1139,7 +1139,7 @@ def _chosen_points(stage: dict) -> list[dict]:
 
 
 def _checks(model: str, result: dict, deep: dict | None) -> list[str]:
-    """The issue's targets for one model, each with its figures and whether it holds.
+    """The project's acceptance criteria for one model, each with its figures and whether it holds.
 
     The size target compares the largest layer with the same layer of the Deep Compression
     model (its own sparsity and clusters, at the error the second target holds Weightless to),
