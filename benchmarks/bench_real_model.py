@@ -215,19 +215,28 @@ def int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
 class NNCodec:
     """Runs ``nncodec_encode.py`` in NNCodec's environment, one QP at a time, and measures each reconstruction here."""
 
-    def __init__(self, model_path: Path, state: dict[str, torch.Tensor], work: Path, judge: Judge):
+    def __init__(self, model_path: Path, state: dict[str, torch.Tensor], work: Path, judge: Judge, reuse: bool):
         if not NNCODEC_PYTHON.exists():
             raise SystemExit(f"{NNCODEC_PYTHON} not found: create NNCodec's environment as this script's docstring says")
-        self.model_path, self.state, self.out, self.judge = model_path, state, work / "nncodec", judge
+        self.model_path, self.state, self.out, self.judge, self.reuse = model_path, state, work / "nncodec", judge, reuse
         self.points: dict[int, dict] = {}
 
     def point(self, qp: int) -> dict:
-        """Encode at ``qp`` (once per run) and return its bytes, seconds and fidelity."""
+        """Encode at ``qp`` (once per run; with ``reuse``, not if an earlier run did) and return its bytes, seconds and fidelity."""
         if qp not in self.points:
-            command = [str(NNCODEC_PYTHON), str(HERE / "nncodec_encode.py"), str(self.model_path), str(self.out), "--qp", str(qp)]
-            subprocess.run(command, check=True)
+            if not (self.reuse and (self.out / f"qp{qp}.json").exists() and (self.out / f"qp{qp}.safetensors").exists()):
+                command = [str(NNCODEC_PYTHON), str(HERE / "nncodec_encode.py"), str(self.model_path), str(self.out), "--qp", str(qp)]
+                subprocess.run(command, check=True)
             self._measure(qp)
         return self.points[qp]
+
+    def _known_bytes(self) -> dict[int, int]:
+        """Bytes of every QP measured in this run or, with ``reuse``, left by an earlier one."""
+        known = {qp: p["bytes"] for qp, p in self.points.items()}
+        if self.reuse:
+            for path in self.out.glob("qp*.json"):
+                known.setdefault(int(path.stem[2:]), json.loads(path.read_text())["bytes"] + _int_bytes(self.state))
+        return known
 
     def _measure(self, qp: int) -> None:
         run = json.loads((self.out / f"qp{qp}.json").read_text())
@@ -254,19 +263,13 @@ class NNCodec:
         return self.point(qp)
 
     def _predict(self, size: int) -> int:
-        for qp in NNCODEC_PROBES[: max(0, 2 - len(self.points))]:
-            self.point(qp)
-        qps = np.array(sorted(self.points), dtype=np.float64)
-        sizes = np.array([self.points[int(q)]["bytes"] for q in qps], dtype=np.float64)
+        known = self._known_bytes()
+        for qp in NNCODEC_PROBES[: max(0, 2 - len(known))]:
+            known[qp] = self.point(qp)["bytes"]
+        qps = np.array(sorted(known), dtype=np.float64)
+        sizes = np.array([known[int(q)] for q in qps], dtype=np.float64)
         slope, intercept = np.polyfit(qps, sizes, 1)
         return int(np.clip(math.floor((size - intercept) / slope), QP_RANGE[0], QP_RANGE[1]))
-
-    def reuse(self) -> None:
-        """Take the points an earlier run left in the work folder (their seconds are that run's)."""
-        for path in sorted(self.out.glob("qp*.json")):
-            qp = int(path.stem[2:])
-            if (self.out / f"qp{qp}.safetensors").exists():
-                self._measure(qp)
 
 
 def lossless_on_nncodec(point: dict, state: dict[str, torch.Tensor], work: Path) -> dict:
@@ -438,9 +441,7 @@ def main() -> None:
     ours = ours_points(state, original_bytes, work, judge, options.quick, options.reuse)
     if options.only_ours:
         return
-    nncodec = NNCodec(model_path, state, work, judge)
-    if options.reuse:
-        nncodec.reuse()
+    nncodec = NNCodec(model_path, state, work, judge, options.reuse)
     pairs = [(point, nncodec.at_least(point["bytes"])) for point in ours]
     baselines = cached(work / "baselines.json", options.reuse, lambda: quantized_baselines(state, judge))
     report["comparison"] = [
