@@ -357,25 +357,37 @@ def _encode(name: str, tensor: torch.Tensor, step: Step | None, seed: int) -> co
 # ----------------------------------------------------------------------------- loading
 
 
-def load(path: str | os.PathLike) -> StateDict:
+def load(path: str | os.PathLike, *, max_bytes: int | None = None) -> StateDict:
     """Read a ``.wcz`` file into a state_dict, each tensor in the dtype it was saved with.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    max_bytes : int, optional
+        Memory budget for the decoded tensors, all together. A few bytes of a file can claim a
+        huge tensor, so the declared sizes are summed and checked before anything is decoded.
+        Default: the memory available to the process (``MemAvailable`` on Linux), which a
+        normal model never reaches.
 
     Raises
     ------
     WeightcodecError
         If the file is missing or unreadable; :class:`~weightcodec.errors.FormatError` or
-        :class:`~weightcodec.errors.CorruptFileError` if it is not a valid ``.wcz`` file.
+        :class:`~weightcodec.errors.CorruptFileError` if it is not a valid ``.wcz`` file;
+        :class:`~weightcodec.errors.MemoryBudgetError` if it decodes to more than ``max_bytes``.
     """
-    return tensors.decode_file(container.read(path))
+    return tensors.decode_file(container.read(path), max_bytes=max_bytes)
 
 
-def load_bytes(data: bytes) -> StateDict:
+def load_bytes(data: bytes, *, max_bytes: int | None = None) -> StateDict:
     """Like :func:`load`, from the bytes :func:`compress` returned."""
-    return tensors.decode_file(container.from_bytes(data))
+    return tensors.decode_file(container.from_bytes(data), max_bytes=max_bytes)
 
 
-def load_into(model: nn.Module, path: str | os.PathLike, *, strict: bool = True):
+def load_into(model: nn.Module, path: str | os.PathLike, *, strict: bool = True, max_bytes: int | None = None):
     """Load a ``.wcz`` file into ``model`` (as :meth:`torch.nn.Module.load_state_dict`).
+
+    ``max_bytes`` is the memory budget of :func:`load`.
 
     Returns
     -------
@@ -387,7 +399,7 @@ def load_into(model: nn.Module, path: str | os.PathLike, *, strict: bool = True)
     WeightcodecError
         If the file cannot be read, or its tensors do not fit ``model`` (names or shapes).
     """
-    return _load_state(model, load(path), path, strict=strict)
+    return _load_state(model, load(path, max_bytes=max_bytes), path, strict=strict)
 
 
 def _load_state(model: nn.Module, state: StateDict, source, *, strict: bool = True):

@@ -138,6 +138,7 @@ def _add_decode(commands, common) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="OUT.pt, OUT.safetensors, or OUT.onnx with --onnx")
     p.add_argument("--onnx", type=Path, metavar="MODEL.onnx",
                    help="write the weights into this ONNX graph's initializers (matched by name)")
+    _add_max_memory(p, "a file whose tensors decode to more is refused before anything is decoded")
     p.set_defaults(run=_run_decode)
 
 
@@ -146,7 +147,14 @@ def _add_inspect(commands, common) -> None:
     p.add_argument("input", type=Path, help="the .wcz file")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="draw bytes per tensor and weight histograms")
+    _add_max_memory(p, "a tensor that decodes to more gets only its header's figures")
     p.set_defaults(run=_run_inspect)
+
+
+def _add_max_memory(p, effect: str) -> None:
+    p.add_argument("--max-memory", type=_byte_size, metavar="SIZE",
+                   help=f"memory budget of the decoded tensors, like 2G, 512M or plain bytes (default: the "
+                   f"memory available); {effect}")
 
 
 def _add_compress(commands, common) -> None:
@@ -195,6 +203,22 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
+
+
+BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _byte_size(text: str) -> int:
+    """An argparse type: bytes as ``123``, ``512K``, ``512M``, ``2G``, ``1.5T`` (powers of 1024; ``B``/``iB`` optional)."""
+    number = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = number[-1:] if number[-1:] in BYTE_UNITS else ""
+    try:
+        value = float(number[: len(number) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 2**63 / BYTE_UNITS[unit]:
+        raise argparse.ArgumentTypeError(f"expected a size like 2G, 512M or a number of bytes, got {text!r}")
+    return int(value * BYTE_UNITS[unit])
 
 
 def _index_bits(text: str) -> int | str:
@@ -247,14 +271,14 @@ def _write(data: bytes, path: Path) -> None:
 
 def _run_decode(args: argparse.Namespace) -> None:
     if args.onnx is None:
-        tensors.save_state_dict(api.load(args.input), args.output)
+        tensors.save_state_dict(api.load(args.input, max_bytes=args.max_memory), args.output)
         _say(f"wrote {args.output}")
         return
     from .onnx_export import export_onnx
 
     if args.output.suffix != ".onnx":
         raise WeightcodecError(f"{args.output}: with --onnx the output must be an .onnx file")
-    left_out = export_onnx(container.read(args.input), args.onnx, args.output)
+    left_out = export_onnx(container.read(args.input), args.onnx, args.output, max_bytes=args.max_memory)
     _say(f"wrote {args.output}")
     if left_out:
         _say(f"note: {len(left_out)} raw tensors have no initializer in {args.onnx} and were left out: {', '.join(left_out)}")
@@ -262,10 +286,10 @@ def _run_decode(args: argparse.Namespace) -> None:
 
 def _run_inspect(args: argparse.Namespace) -> None:
     wcz = container.read(args.input)
-    summary = report.summarize(wcz)
+    summary = report.summarize(wcz, max_bytes=args.max_memory)
     _say(json.dumps(summary, indent=2) if args.json else f"{args.input}: {report.headline(wcz)}\n\n{report.format_table(summary)}")
     if args.plot is not None:
-        report.plot(wcz, summary, args.plot)
+        report.plot(wcz, summary, args.plot, max_bytes=args.max_memory)
         if not args.json:
             _say(f"wrote {args.plot}")
 

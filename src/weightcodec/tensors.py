@@ -125,17 +125,20 @@ def shared_aliases(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
     return aliases
 
 
-def decode_file(wcz: container.WczFile) -> dict[str, torch.Tensor]:
+def decode_file(wcz: container.WczFile, *, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
     """Decode every tensor of a parsed file into a state_dict with the original dtypes.
 
-    An alias entry gives back its target's tensor object, so tied weights come back tied.
+    The whole file is checked against the memory budget ``max_bytes`` (default: the memory
+    available) before anything is decoded; see :func:`weightcodec.container.check_budget`. An
+    alias entry gives back its target's tensor object, so tied weights come back tied.
     """
+    wcz.check_budget(max_bytes)
     state: dict[str, torch.Tensor] = {}
     for rec in wcz.records:
         if rec.encoded.codec == alias.NAME:
             state[rec.name] = state[alias.target(rec.encoded.meta)]  # the file checked it is an earlier tensor
         else:
-            state[rec.name] = numpy_to_tensor(wcz.decode(rec.name), rec.dtype)
+            state[rec.name] = numpy_to_tensor(container.decode_record(rec), rec.dtype)
     return state
 
 

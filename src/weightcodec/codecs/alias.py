@@ -58,6 +58,6 @@ def decode(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...])
     raise FormatError(f"an alias of {target(meta)!r} is decoded through its file (WczFile.decode), not on its own")
 
 
-def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) -> dict:
-    """Figures for ``inspect``: no bytes of its own."""
-    return {"bytes": 0, "bound_bytes": 0, "target": target(meta)}
+def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...], *, measure: bool = True) -> dict:
+    """Figures for ``inspect``: no bytes of its own (its non-zeros are its target's)."""
+    return {"nonzero": None, "bytes": 0, "bound_bytes": 0, "target": target(meta)}
