@@ -353,7 +353,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['method']} | {row['setting']} | {row['bytes']:,} | {original / row['bytes']:.2f}x | {row['mean_cos']:.5f} | "
                      f"{row['min_cos']:.5f} | {row['nn_agreement']:.3f} | {seconds} |")
     lines += ["", "## Lossless: NNCodec's quantized values, coded by us", "",
-              "NNCodec's reconstruction at the two smallest matched QPs, stored exactly by our codecs: the uniform codec at the tensor's own grid step "
+              "NNCodec's reconstruction at the smallest matched QP(s), stored exactly by our codecs: the uniform codec at the tensor's own grid step "
               "where this weightcodec has it, else deep (at most 256 distinct values), else raw; biases and norms raw.", "",
               "| QP | NNCodec bitstream bytes | ours (whole file) | ours without position_ids | ours / NNCodec | exact | compressed tensors by codec |",
               "|---|---:|---:|---:|---:|:-:|---|"]
@@ -364,7 +364,8 @@ def markdown(report: dict) -> str:
     lines += ["", "Bytes: ours are whole `.wcz` files; NNCodec's its bitstream plus the raw int64 `position_ids` (4,096 B); "
               "float16, int8 and GGUF the tensor bytes without a file header. Encode seconds are wall-clock, with the CPU seconds "
               "of the encoding process (all its threads) in brackets; the machine is shared (load averages in the JSON), "
-              "so both are upper bounds, and `time ≤` compares wall-clock seconds.", ""]
+              "so both are upper bounds, and `time ≤` compares wall-clock seconds. Each point's `measured_at` is in the JSON: "
+              "points cached from earlier runs (`--reuse`) may have been encoded while other points were.", ""]
     return "\n".join(lines)
 
 
