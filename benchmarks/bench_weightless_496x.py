@@ -20,7 +20,8 @@ import _common
 
 from weightcodec.pipelines import weightless
 from weightcodec.pipelines.data import load_mnist
-from weightcodec.pipelines.deep_compression import LayerPlan
+from weightcodec.pipelines.settings import WEIGHTLESS, LayerPlan
+from weightcodec.pipelines.steps import FLOAT32_BYTES
 
 SPARSITY = 0.992
 BITS = 2  # K = 4
@@ -30,7 +31,7 @@ PAPER_RATIO = 496
 
 def main() -> None:
     settings = replace(
-        weightless.SETTINGS["lenet300"],
+        WEIGHTLESS["lenet300"],
         layers={"fc1.weight": LayerPlan(sparsity=SPARSITY, bits=BITS)},
         filters=("ribbon",),
         t_values=T_VALUES,
@@ -39,7 +40,7 @@ def main() -> None:
         result = weightless.run("lenet300", load_mnist(), settings, Path(folder) / "m.wcz", progress=True)
     [stage] = [s for s in result["stages"] if s["method"] == "weightless"]
     [layer] = result["encoded_layers"]
-    float_bytes = weightless.FLOAT32_BYTES * layer["elements"]
+    float_bytes = FLOAT32_BYTES * layer["elements"]
     points = [{**p, "largest_layer_ratio": float_bytes / p["bytes"]} for p in stage["sweep"]]
     report = {
         "machine": _common.machine(),

@@ -180,15 +180,15 @@ def test_decode_into_onnx(run, tmp_path):
 def test_reproduce_calls_the_pipeline(run, monkeypatch):
     calls = []
 
-    def reproduce(model, method, *, quick, seed, progress, data):
-        calls.append((model, method, quick, seed, progress, data))
+    def reproduce(model, method, *, quick, seed, progress, data, threads):
+        calls.append((model, method, quick, seed, progress, data, threads))
         return {"model": model, "method": method, "quick": quick, "baseline_test_error": 9.0, "test_error": 11.894,
                 "file_bytes": 21903, "ratio": 48.66478050561285, "layers": [], "seconds": 95.4,
                 "json_path": "r.json", "wcz_path": "r.wcz"}
 
     monkeypatch.setattr(weightcodec.cli, "reproduce", reproduce)
     code, out, _ = run("reproduce", "lenet300", "--method", "deep", "--quick", "--seed", "3", "-q")
-    assert code == 0 and calls == [("lenet300", "deep", True, 3, False, None)]
+    assert code == 0 and calls == [("lenet300", "deep", True, 3, False, None, 1)]
     assert out.splitlines() == [
         "lenet300 --method deep --quick: a smoke run on a small training budget; its errors are far above a full run's",
         "figure                     this run  full run (committed)   paper",
@@ -200,16 +200,12 @@ def test_reproduce_calls_the_pipeline(run, monkeypatch):
     ]
 
 
-def test_reproduce_threads_sets_torch_threads(run, monkeypatch):
-    import torch
-
-    monkeypatch.setattr(weightcodec.cli, "reproduce", lambda *a, **k: {"model": "lenet5", "method": "deep", "quick": False,
-                                                                       "seconds": 1.0, "json_path": "r.json", "wcz_path": "r.wcz"})
-    threads = torch.get_num_threads()
-    try:
-        assert run("reproduce", "lenet5", "--threads", "1", "-q")[0] == 0 and torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(threads)
+def test_reproduce_threads_go_to_the_pipeline_one_by_default(run, monkeypatch):
+    seen = []
+    result = {"model": "lenet5", "method": "deep", "quick": False, "seconds": 1.0, "json_path": "r.json", "wcz_path": "r.wcz"}
+    monkeypatch.setattr(weightcodec.cli, "reproduce", lambda *a, threads, **k: seen.append(threads) or result)
+    assert run("reproduce", "lenet5", "--threads", "3", "-q")[0] == 0 and run("reproduce", "lenet5", "-q")[0] == 0
+    assert seen == [3, 1]
     assert run("reproduce", "lenet5", "--threads", "0")[0] == 2
 
 

@@ -41,11 +41,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__, container, distributed, tensors
+from .codecs import deep
 from .errors import EncodeError, WeightcodecError
 from .recipe import CLUSTERED, PRUNED, Recipe, Rule, as_recipe, load_entry_point, load_hook
 from .simplify import cluster, prune
 
 __all__ = [
+    "AUTO_ENTROPY",
     "COMPRESSIBLE_MODULES",
     "Step",
     "compressible_names",
@@ -60,6 +62,9 @@ __all__ = [
 
 #: Module types whose ``weight`` is compressible; other tensors of a model are stored raw.
 COMPRESSIBLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+#: The deep codec's default entropy choice: encode with every coder of ``deep.ENTROPY_CODERS``
+#: (Huffman, ANS) and keep the smaller stream pair; a recipe may still name one coder.
+AUTO_ENTROPY = "auto"
 # Codecs whose encoder takes a seed (the Bloomier filter's hash seed).
 SEEDED_CODECS = frozenset({"weightless"})
 
@@ -351,6 +356,11 @@ def _encode(name: str, tensor: torch.Tensor, step: Step | None, seed: int) -> co
     params = dict(step.rule.codec_params)
     if step.rule.method in SEEDED_CODECS:
         params["seed"] = seed
+    if step.rule.method == deep.NAME and params.get("entropy", AUTO_ENTROPY) == AUTO_ENTROPY:
+        candidates = [
+            tensors.encode_tensor(name, tensor, deep.NAME, **{**params, "entropy": coder}) for coder in deep.ENTROPY_CODERS
+        ]
+        return min(candidates, key=lambda record: record.nbytes)  # ties: the first coder (Huffman, the paper's)
     return tensors.encode_tensor(name, tensor, step.rule.method, **params)
 
 

@@ -8,6 +8,7 @@ stderr), 2 bad arguments, 3 an internal error (a bug: rerun with ``--debug`` for
 ::
 
     weightcodec encode model.pt -o model.wcz --codec deep --clusters 16 --sparsity 0.8
+    weightcodec encode model.safetensors -o model.wcz --size 10MB      (or --ratio 8)
     weightcodec decode model.wcz -o restored.safetensors
     weightcodec decode model.wcz --onnx model.onnx -o compressed.onnx
     weightcodec inspect model.wcz [--json] [--plot bytes.png]
@@ -31,10 +32,12 @@ from typing import Sequence
 import torch
 
 from . import __version__, api, container, distributed, report, tensors
+from .allocate import encode_to_size, parse_size
 from .codecs import deep, weightless
 from .errors import WeightcodecError
 from .pipelines.models import MODELS
 from .pipelines.reproduce import METHODS as REPRODUCE_METHODS
+from .pipelines.reproduce import THREADS as REPRODUCE_THREADS
 from .pipelines.reproduce import format_summary, reproduce
 from .recipe import METHODS, load_recipe, recipe_from_options
 from .simplify import cluster
@@ -124,10 +127,14 @@ def _add_encode(commands, common) -> None:
     p.add_argument("--t", type=int, help="weightless: bits per filter cell (required); zeros decode non-zero with probability K / 2**t")
     p.add_argument("--filter", help=f"weightless: retrieval filter, one of {', '.join(weightless.FILTER_CHOICES)} "
                    f"(default {weightless.DEFAULT_FILTER}: build each, keep the smallest)")
-    p.add_argument("--entropy", help=f"deep: entropy coder of both streams, one of {', '.join(sorted(deep.ENTROPY_CODERS))}")
+    p.add_argument("--entropy", help=f"deep: entropy coder of both streams, one of {', '.join(sorted(deep.ENTROPY_CODERS))}, "
+                   f"or {api.AUTO_ENTROPY} (default: each, keeping the smaller)")
     p.add_argument("--index-bits", type=_index_bits, help="deep: gap field width in bits, or 'auto'")
     p.add_argument("--init", help=f"k-means initialisation, one of {', '.join(sorted(cluster.INITS))} (default linear)")
     p.add_argument("--recipe", type=Path, help="a TOML recipe instead of the codec options")
+    p.add_argument("--size", type=_size, help="byte budget for the whole file (10MB, 10M, 10485760, 9.5MiB): "
+                   "each tensor's quantizer and step are chosen for the least weight error that fits")
+    p.add_argument("--ratio", type=float, help="like --size, as the input's bytes divided by RATIO")
     p.add_argument("--seed", type=int, default=0, help="seed of random choices (default 0)")
     p.set_defaults(run=_run_encode)
 
@@ -185,7 +192,11 @@ def _add_reproduce(commands, common) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and k-means (default 0)")
     p.add_argument("--data", type=Path, help="your MNIST (IDX folder or .npz) instead of the packaged copy")
     p.add_argument(
-        "--threads", type=_positive_int, help="CPU threads for training (default: PyTorch's; 1 is faster on a busy machine)"
+        "--threads",
+        type=_positive_int,
+        default=REPRODUCE_THREADS,
+        help=f"PyTorch CPU threads while it runs (default {REPRODUCE_THREADS}: the same file on every machine; "
+        "another count may give another file)",
     )
     _add_device(p, "training, pruning and clustering")
     p.set_defaults(run=_run_reproduce)
@@ -238,6 +249,9 @@ def _run_encode(args: argparse.Namespace) -> None:
     given = [f"--{flag.replace('_', '-')}" for flag, key in CODEC_OPTIONS if options[key] is not None]
     if args.codec is not None:
         given.insert(0, "--codec")
+    if args.size is not None or args.ratio is not None:
+        _run_encode_to_size(args, given + (["--recipe"] if args.recipe else []))
+        return
     if args.recipe is not None and given:
         raise WeightcodecError(f"give either --recipe or --codec with its options, not both (got --recipe and {', '.join(given)})")
     if args.recipe is None and args.codec is None:
@@ -269,6 +283,24 @@ def _write(data: bytes, path: Path) -> None:
     _say(f"wrote {path}: {report.headline(container.from_bytes(data))}")
 
 
+def _run_encode_to_size(args: argparse.Namespace, given: list[str]) -> None:
+    if given:
+        raise WeightcodecError(f"--size / --ratio choose the codecs themselves; drop {', '.join(given)}")
+    if args.size is not None and args.ratio is not None:
+        raise WeightcodecError("give either --size or --ratio, not both")
+    state = tensors.load_state_dict(args.input)
+    result = encode_to_size(state, args.output, size=args.size, ratio=args.ratio, seed=args.seed, progress=not args.quiet)
+    _say(f"wrote {args.output}: {result['file_bytes']} bytes (budget {result['budget']}), "
+         f"relative weight error {result['relative_error']:.4f}, {result['seconds']:.1f} s")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except WeightcodecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _run_decode(args: argparse.Namespace) -> None:
     if args.onnx is None:
         tensors.save_state_dict(api.load(args.input, max_bytes=args.max_memory), args.output)
@@ -295,11 +327,10 @@ def _run_inspect(args: argparse.Namespace) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     with distributed.launch(args.device) as runtime:
         result = reproduce(
-            args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data
+            args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data,
+            threads=args.threads,
         )
         if runtime.is_main:
             _say(format_summary(result))

@@ -10,43 +10,43 @@ import torch
 
 from weightcodec import container
 from weightcodec.errors import WeightcodecError
-from weightcodec.pipelines import deep_compression, reproduce
+from weightcodec.pipelines import deep_compression, reproduce, settings, steps
 from weightcodec.pipelines.models import build_model
 from weightcodec.pipelines.training import ArrayLoader
 
 
 def test_round_sparsities_end_at_target_and_grow():
-    rounds = deep_compression.round_sparsities(0.92, 3)
+    rounds = steps.round_sparsities(0.92, 3)
     assert rounds[-1] == pytest.approx(0.92) and rounds == sorted(rounds)
 
 
 def test_encode_model_stores_planned_weights_deep_and_the_rest_raw(tmp_path):
     model = build_model("lenet300")
-    settings = deep_compression.SETTINGS["lenet300"]
+    plan = settings.DEEP["lenet300"]
     with torch.no_grad():
-        for name in settings.layers:
+        for name in plan.layers:
             weight = model.get_parameter(name)
             weight.copy_(torch.round(weight * 20) / 20 * (torch.rand(weight.shape) > 0.9))
-    records = deep_compression.encode_model(model, settings)
+    records = deep_compression.encode_model(model, plan)
     assert {r.name: r.encoded.codec for r in records} == {
         "fc1.weight": "deep", "fc1.bias": "raw", "fc2.weight": "deep",
         "fc2.bias": "raw", "fc3.weight": "deep", "fc3.bias": "raw",
     }  # fmt: skip
     container.write(tmp_path / "m.wcz", records)
-    decoded, _ = deep_compression.load_decoded("lenet300", tmp_path / "m.wcz")
+    decoded, _ = steps.load_decoded("lenet300", tmp_path / "m.wcz")
     for name, tensor in model.state_dict().items():
         assert torch.equal(decoded.state_dict()[name], tensor), name
 
 
-def test_share_and_finetune_leaves_at_most_k_values_and_keeps_zeros():
+def test_cluster_and_finetune_leaves_at_most_k_values_and_keeps_zeros():
     model = build_model("lenet300")
     with torch.no_grad():
         model.fc1.weight.mul_(torch.rand(model.fc1.weight.shape) > 0.9)
     zeros = model.fc1.weight.detach() == 0
-    settings = deep_compression.quick_settings(deep_compression.SETTINGS["lenet300"])
+    plan = settings.quick_deep(settings.DEEP["lenet300"])
     x = np.random.default_rng(0).random((32, 784), dtype=np.float32)
     loader = ArrayLoader(x, np.arange(32) % 10, batch_size=16)
-    deep_compression.share_and_finetune(model, settings, loader, progress=False)
+    steps.cluster_and_finetune(model, plan.layers, plan.finetune, loader, init=plan.init, progress=False)
     assert torch.equal(model.fc1.weight == 0, zeros)
     assert torch.unique(model.fc1.weight[~zeros]).numel() <= 64
 

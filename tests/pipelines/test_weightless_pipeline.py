@@ -10,9 +10,9 @@ import torch
 
 from weightcodec import container
 from weightcodec.errors import WeightcodecError
-from weightcodec.pipelines import deep_compression, plots, reproduce, weightless
+from weightcodec.pipelines import plots, report, reproduce, settings, steps, sweep, weightless
 from weightcodec.pipelines.data import Mnist
-from weightcodec.pipelines.deep_compression import LayerPlan
+from weightcodec.pipelines.settings import LayerPlan
 from weightcodec.pipelines.models import build_model
 from weightcodec.pipelines.training import ArrayLoader, TrainConfig, evaluate, train
 from weightcodec.simplify import prune
@@ -29,17 +29,17 @@ def _toy_mnist(n: int = 256, seed: int = 0) -> Mnist:
     return Mnist(x, y, x[:64], y[:64], x[64:128], y[64:128], "toy")
 
 
-def _tiny_settings(model: str = "lenet300", **overrides) -> weightless.WeightlessSettings:
-    settings = weightless.SETTINGS[model]
-    deep = replace(settings.deep, baseline=replace(TINY, epochs=2), retrain=TINY, finetune=TINY, prune_rounds=1)
+def _tiny_settings(model: str = "lenet300", **overrides) -> settings.WeightlessSettings:
+    plan = settings.WEIGHTLESS[model]
+    deep = replace(plan.deep, baseline=replace(TINY, epochs=2), retrain=TINY, finetune=TINY, prune_rounds=1)
     return replace(
-        settings, deep=deep, prune=TINY, prune_rounds=1, finetune=TINY, sweep=TINY, retrain=TINY,
+        plan, deep=deep, prune=TINY, prune_rounds=1, finetune=TINY, sweep=TINY, retrain=TINY,
         **{"t_values": (4, 8), **overrides},
     )  # fmt: skip
 
 
-def _point(t: int, valid: float, filter: str = "bloomier") -> weightless.SweepPoint:
-    return weightless.SweepPoint(filter, t, 100 * t, 0, 0.0, valid + 1, valid, valid)
+def _point(t: int, valid: float, filter: str = "bloomier") -> sweep.SweepPoint:
+    return sweep.SweepPoint(filter, t, 100 * t, 0, 0.0, valid + 1, valid, valid)
 
 
 def _sparse_clustered_fc1(model, density: float = 0.1, seed: int = 0) -> None:
@@ -55,7 +55,7 @@ def _sparse_clustered_fc1(model, density: float = 0.1, seed: int = 0) -> None:
 
 def test_stages_follow_network_order_for_lenet5():
     order = list(build_model("lenet5").state_dict())
-    deep = deep_compression.SETTINGS["lenet5"].layers
+    deep = settings.DEEP["lenet5"].layers
     assert weightless.stages(order, ["fc1.weight"], deep) == [
         weightless.Stage("deep", ("conv1.weight", "conv2.weight")),
         weightless.Stage("weightless", ("fc1.weight",)),
@@ -65,9 +65,9 @@ def test_stages_follow_network_order_for_lenet5():
 
 def test_stages_encoding_every_layer_has_no_deep_stage():
     order = list(build_model("lenet300").state_dict())
-    settings = weightless.all_layers(weightless.SETTINGS["lenet300"])
-    assert [s.method for s in weightless.stages(order, settings.layers, settings.deep.layers)] == ["weightless"] * 3
-    assert settings.layers["fc1.weight"] == weightless.SETTINGS["lenet300"].layers["fc1.weight"]
+    every = settings.all_layers(settings.WEIGHTLESS["lenet300"])
+    assert [s.method for s in weightless.stages(order, every.layers, every.deep.layers)] == ["weightless"] * 3
+    assert every.layers["fc1.weight"] == settings.WEIGHTLESS["lenet300"].layers["fc1.weight"]
 
 
 @pytest.mark.parametrize(
@@ -76,18 +76,18 @@ def test_stages_encoding_every_layer_has_no_deep_stage():
 )
 def test_choose_t_smallest_within_tolerance_else_lowest_error(valid, expected):
     points = [_point(t, v) for t, v in zip((4, 6, 8), valid)]
-    assert weightless.choose_t(points[::-1], reference=1.0, tolerance=0.1) == expected
+    assert sweep.choose_t(points[::-1], reference=1.0, tolerance=0.1) == expected
 
 
 def test_choose_t_without_points():
     with pytest.raises(WeightcodecError, match="the sweep has no points"):
-        weightless.choose_t([], reference=1.0, tolerance=0.1)
+        sweep.choose_t([], reference=1.0, tolerance=0.1)
 
 
 def test_freeze_keeps_the_layer_through_training():
     model = build_model("lenet300")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    weightless.freeze_(model, ["fc1.weight"])
+    steps.freeze_(model, ["fc1.weight"])
     mnist = _toy_mnist()
     train(model, ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32), TINY, progress=False)
     for name, param in model.named_parameters():
@@ -98,8 +98,8 @@ def test_decode_layer_is_the_stored_weights_plus_false_positives():
     model = build_model("lenet300")
     _sparse_clustered_fc1(model)
     weight = model.fc1.weight.detach()
-    record = weightless.encode_layer("fc1.weight", weight, t=6, filter="ribbon", seed=3)
-    decoded = weightless.decode_layer(record)
+    record = steps.encode_layer("fc1.weight", weight, t=6, filter="ribbon", seed=3)
+    decoded = steps.decode_layer(record)
     keys = weight != 0
     assert torch.equal(decoded[keys], weight[keys])
     false_positives = int((decoded[~keys] != 0).sum())
@@ -111,17 +111,17 @@ def test_decode_layer_is_the_stored_weights_plus_false_positives():
 # ----------------------------------------------------------------------------- steps on a model
 
 
-@pytest.mark.parametrize("pruning", sorted(weightless.PRUNERS))
+@pytest.mark.parametrize("pruning", sorted(steps.PRUNERS))
 def test_prune_all_hits_each_sparsity_and_keeps_masks_until_unmasked(pruning):
     mnist = _toy_mnist()
     loader = ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True)
     model = build_model("lenet300")
     plans = {"fc1.weight": LayerPlan(0.9, 2), "fc2.weight": LayerPlan(0.5, 6)}
-    weightless.prune_all(model, plans, _tiny_settings(pruning=pruning), loader, progress=False)
+    steps.prune_all(model, plans, pruning, TINY, loader, progress=False)
     masks = {name: prune.mask_of(model.get_submodule(name[:3])) for name in plans}
     assert {n: float((~m).float().mean()) for n, m in masks.items()} == pytest.approx({"fc1.weight": 0.9, "fc2.weight": 0.5})
     train(model, loader, TINY, progress=False)
-    weightless.unmask_(model, plans)
+    steps.unmask_(model, plans)
     for name, mask in masks.items():
         weight = model.get_parameter(name)
         assert torch.equal(weight != 0, mask) and not prune.is_pruned(model.get_submodule(name[:3])), (pruning, name)
@@ -129,7 +129,7 @@ def test_prune_all_hits_each_sparsity_and_keeps_masks_until_unmasked(pruning):
 
 def test_prune_all_unknown_method_lists_the_valid_ones():
     with pytest.raises(WeightcodecError, match=r"unknown pruning 'lottery'; choose one of \['dns', 'magnitude'\]"):
-        weightless.prune_all(build_model("lenet300"), {}, _tiny_settings(pruning="lottery"), None, progress=False)
+        steps.prune_all(build_model("lenet300"), {}, "lottery", TINY, None, progress=False)
 
 
 def test_sweep_retrains_only_later_layers_around_what_the_filter_decodes():
@@ -138,9 +138,9 @@ def test_sweep_retrains_only_later_layers_around_what_the_filter_decodes():
     start = {n: t.clone() for n, t in model.state_dict().items()}
     mnist = _toy_mnist()
     loader = ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True)
-    splits = weightless.Splits(ArrayLoader(mnist.x_valid, mnist.y_valid, batch_size=64),
+    splits = steps.Splits(ArrayLoader(mnist.x_valid, mnist.y_valid, batch_size=64),
                                ArrayLoader(mnist.x_test, mnist.y_test, batch_size=64))  # fmt: skip
-    points, kept = weightless.sweep_t(model, "fc1.weight", (1, 4, 8), TINY, loader, splits, progress=False)
+    points, kept = sweep.sweep_t(model, "fc1.weight", (1, 4, 8), TINY, loader, splits, progress=False)
     assert [(p.filter, p.t) for p in points] == [("bloomier", 4), ("bloomier", 8)]  # t = 1 cannot hold K = 4 codes
     assert all(torch.equal(model.state_dict()[n], start[n]) for n in start), "the model is left as it came"
     for point in points:
@@ -149,7 +149,7 @@ def test_sweep_retrains_only_later_layers_around_what_the_filter_decodes():
     assert sorted(kept) == [4, 8]
     for t, (record, state) in kept.items():
         assert record.encoded.meta["filter"] == "bloomier" and record.encoded.meta["t"] == t
-        assert torch.equal(state["fc1.weight"], weightless.decode_layer(record))
+        assert torch.equal(state["fc1.weight"], steps.decode_layer(record))
         assert torch.equal(state["fc1.bias"], start["fc1.bias"])
         assert not torch.equal(state["fc2.weight"], start["fc2.weight"])
         point = next(p for p in points if p.t == t)
@@ -165,8 +165,8 @@ def test_encode_model_mixes_weightless_deep_and_raw():
     with torch.no_grad():
         model.fc2.weight.copy_(torch.round(model.fc2.weight * 20) / 20 * (model.fc2.weight.abs() > 0.05))
         model.fc3.weight.copy_(torch.round(model.fc3.weight * 20) / 20)
-    record = weightless.encode_layer("fc1.weight", model.fc1.weight.detach(), t=8, filter="bloomier")
-    records = weightless.encode_model(model, weightless.SETTINGS["lenet300"], {"fc1.weight": record})
+    record = steps.encode_layer("fc1.weight", model.fc1.weight.detach(), t=8, filter="bloomier")
+    records = weightless.encode_model(model, settings.WEIGHTLESS["lenet300"], {"fc1.weight": record})
     assert {r.name: r.encoded.codec for r in records} == {
         "fc1.weight": "weightless", "fc1.bias": "raw", "fc2.weight": "deep",
         "fc2.bias": "raw", "fc3.weight": "deep", "fc3.bias": "raw",
@@ -175,7 +175,7 @@ def test_encode_model_mixes_weightless_deep_and_raw():
 
 
 def test_settings_that_do_not_fit_are_listed_before_training(tmp_path):
-    settings = replace(
+    bad = replace(
         _tiny_settings(),
         layers={"fc9.weight": LayerPlan(0.9, 6)},
         pruning="lottery",
@@ -184,13 +184,13 @@ def test_settings_that_do_not_fit_are_listed_before_training(tmp_path):
         filters=("bloomier", "cuckoo"),
     )
     with pytest.raises(WeightcodecError) as info:
-        weightless.run("lenet300", _toy_mnist(), settings, tmp_path / "m.wcz", progress=False)
+        weightless.run("lenet300", _toy_mnist(), bad, tmp_path / "m.wcz", progress=False)
     message = str(info.value)
     assert message.startswith("Weightless settings do not fit LeNet300: unknown layer 'fc9.weight'; ")
     assert "unknown pruning 'lottery' (choose one of ['dns', 'magnitude'])" in message
     assert "unknown reference 'dense' (choose one of ['baseline', 'unencoded'])" in message
     assert "fc9.weight: K = 64 clusters need t >= 6, but t_values stop at 5" in message
-    assert f"filters ['bloomier', 'cuckoo'] with stored filter {settings.filter!r}" in message
+    assert f"filters ['bloomier', 'cuckoo'] with stored filter {bad.filter!r}" in message
 
 
 # ----------------------------------------------------------------------------- the whole pipeline
@@ -198,7 +198,7 @@ def test_settings_that_do_not_fit_are_listed_before_training(tmp_path):
 
 def _check_result(result: dict, wcz_path, mnist: Mnist, model_name: str) -> None:
     """The file holds the pipeline's model: decoded error == measured error, figures consistent."""
-    decoded, wcz = deep_compression.load_decoded(model_name, wcz_path)
+    decoded, wcz = steps.load_decoded(model_name, wcz_path)
     test = ArrayLoader(mnist.x_test, mnist.y_test, batch_size=1000)
     assert evaluate(decoded, test) == result["test_error"] == result["pipeline_test_error"]
     assert result["file_bytes"] == wcz_path.stat().st_size == wcz.file_bytes
@@ -213,10 +213,10 @@ def _check_result(result: dict, wcz_path, mnist: Mnist, model_name: str) -> None
     assert layer["n"] + layer["false_positives"] == np.count_nonzero(stored)
     assert layer["K"] == len(np.unique(stored[stored != 0])) and layer["t"] == record.encoded.meta["t"]
     [stage] = [s for s in result["stages"] if s["method"] == "weightless"]
-    settings = weightless.SETTINGS[model_name]
-    assert layer["t"] == stage["chosen_t"] and layer["filter"] == settings.filter
+    plan = settings.WEIGHTLESS[model_name]
+    assert layer["t"] == stage["chosen_t"] and layer["filter"] == plan.filter
     assert [(a["filter"], a["t"]) for a in stage["alternatives"]] == [
-        (f, layer["t"]) for f in settings.filters if f != settings.filter
+        (f, layer["t"]) for f in plan.filters if f != plan.filter
     ]
     assert {(e["filter"], e["t"]) for e in stage["encodings"]} >= {(p["filter"], p["t"]) for p in stage["sweep"]}
     assert {r.name: r.encoded.codec for r in wcz.records if r.name != "fc1.weight" and r.name.endswith("weight")} == {
@@ -252,18 +252,18 @@ def test_markdown_report_from_results(toy_run, tmp_path):
     (tmp_path / "reproduce-lenet300-weightless.json").write_text(json.dumps(result))
     deep = {"test_error": 1.5, "file_bytes": 30000, "ratio": 35.5, "layers": [{"name": "fc1.weight", "bytes": 20000}]}
     (tmp_path / "reproduce-lenet300-deep.json").write_text(json.dumps(deep))
-    text = weightless.write_markdown(tmp_path).read_text()
+    text = report.write_markdown(tmp_path).read_text()
     layer = result["encoded_layers"][0]
     assert f"| {layer['bytes']} |" in text and f"| {20000 / layer['bytes']:.2f}x |" in text
     assert "| lenet300 |" in text and "| 1.50 |" in text and "496x" in text
     assert f"(target <= 1.55: {'met' if result['test_error'] <= 1.55 else 'not met'})" in text
     assert f"(target >= 1.5x: {'met' if 20000 >= 1.5 * layer['bytes'] else 'not met'})" in text
-    assert weightless.SAME_WEIGHTS_LIMIT in text
+    assert report.SAME_WEIGHTS_LIMIT in text
     [stage] = [s for s in result["stages"] if s["method"] == "weightless"]
     assert text.count("| ribbon |") == 1 + len(stage["sweep"]) and text.count("| bloomier |") == 1  # table + sweep
     assert "### lenet300 fc1.weight: chosen t = " in text
     with pytest.raises(WeightcodecError, match="no reproduce-<model>-weightless.json"):
-        weightless.write_markdown(tmp_path / "nothing")
+        report.write_markdown(tmp_path / "nothing")
 
 
 @pytest.mark.slow
@@ -283,7 +283,7 @@ def test_quick_reproduce_weightless_on_every_layer(mnist, tmp_path):
     """``reproduce lenet300 --method weightless-all --quick``: every weight layer in a filter, as measured."""
     result = reproduce.reproduce("lenet300", "weightless-all", quick=True, results_dir=tmp_path, progress=False)
     wcz_path = tmp_path / "reproduce-lenet300-weightless-all-quick.wcz"
-    decoded, wcz = deep_compression.load_decoded("lenet300", wcz_path)
+    decoded, wcz = steps.load_decoded("lenet300", wcz_path)
     assert evaluate(decoded, ArrayLoader(mnist.x_test, mnist.y_test, batch_size=1000)) == result["test_error"]
     assert {r.name: r.encoded.codec for r in wcz.records if r.name.endswith("weight")} == dict.fromkeys(
         ["fc1.weight", "fc2.weight", "fc3.weight"], "weightless"

@@ -42,6 +42,11 @@ from . import deep  # noqa: E402
 register(deep)
 
 
+from . import uniform  # noqa: E402
+
+register(uniform)
+
+
 from . import alias  # noqa: E402
 
 register(alias)

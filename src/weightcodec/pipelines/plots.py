@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..container import atomic_write_bytes
-from .weightless import by_filter
+from .report import by_filter
 
 __all__ = ["weightless_figures", "plot_error_vs_t", "plot_bytes_vs_t", "plot_false_positives_vs_t", "plot_histogram"]
 

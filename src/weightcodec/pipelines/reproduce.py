@@ -30,11 +30,12 @@ from .. import __version__ as weightcodec_version
 from .. import distributed
 from ..container import atomic_write_bytes
 from ..errors import WeightcodecError
-from . import deep_compression, weightless
+from . import auto, deep_compression, weightless
+from .settings import DEEP, quick_deep
 from .data import Mnist, load_mnist
 from .models import MODELS
 
-__all__ = ["METHODS", "PAPER", "FULL_RUNS", "reproduce", "run_deep", "format_summary"]
+__all__ = ["METHODS", "PAPER", "FULL_RUNS", "THREADS", "reproduce", "run_deep", "format_summary"]
 
 # Table 1 of Deep Compression (docs/references.md §2.2): test error in percent and compression ratio.
 PAPER = {
@@ -49,6 +50,8 @@ FULL_RUNS = {
     ("lenet300", "weightless"): {"baseline_test_error": 0.93, "test_error": 1.29, "file_bytes": 14568, "ratio": 73.2},
     ("lenet5", "deep"): {"baseline_test_error": 0.52, "test_error": 0.59, "file_bytes": 35186, "ratio": 49.01},
     ("lenet5", "weightless"): {"baseline_test_error": 0.52, "test_error": 0.63, "file_bytes": 24374, "ratio": 70.74},
+    ("lenet300", "auto"): {"baseline_test_error": 0.93, "test_error": 1.89, "file_bytes": 10581, "ratio": 100.79},
+    ("lenet5", "auto"): {"baseline_test_error": 0.52, "test_error": 1.11, "file_bytes": 14076, "ratio": 122.5},
 }
 # The figures format_summary() prints: (result key, label, format of one value).
 SUMMARY_FIGURES = (
@@ -62,10 +65,8 @@ Method = Callable[..., dict]
 
 
 def run_deep(model: str, mnist: Mnist, out_path: Path, *, quick: bool, seed: int, progress: bool) -> dict:
-    """Deep Compression of ``model`` with its settings from :data:`deep_compression.SETTINGS`."""
-    settings = deep_compression.SETTINGS[model]
-    if quick:
-        settings = deep_compression.quick_settings(settings)
+    """Deep Compression of ``model`` with its settings from :data:`.settings.DEEP`."""
+    settings = quick_deep(DEEP[model]) if quick else DEEP[model]
     metadata = {"model": model, "method": "deep", "seed": str(seed)}
     return deep_compression.run(model, mnist, settings, out_path, seed=seed, progress=progress, metadata=metadata)
 
@@ -74,7 +75,13 @@ METHODS: dict[str, Method] = {
     "deep": run_deep,
     "weightless": weightless.run_reproduce,  # the largest layer, as in the paper
     "weightless-all": partial(weightless.run_reproduce, every_layer=True),  # every weight layer, in order
+    "auto": auto.run_reproduce,  # per-layer choices, the smallest file within the error target (validation)
 }
+
+#: Intra-op threads ``reproduce`` runs with: summation order in torch's kernels depends on the
+#: thread count, and training amplifies the last-bit differences into different choices (a run
+#: with 2 threads chose another t than with 1). One thread makes the file the same on every machine.
+THREADS = 1
 
 
 def reproduce(
@@ -87,6 +94,7 @@ def reproduce(
     out_path: Path | None = None,
     progress: bool = True,
     data: Path | None = None,
+    threads: int = THREADS,
 ) -> dict:
     """Reproduce ``method`` on ``model``: train, compress to a file, decode, evaluate, write JSON.
 
@@ -108,6 +116,9 @@ def reproduce(
         Show progress bars.
     data : pathlib.Path, optional
         The user's MNIST (see :func:`.data.load_mnist`); otherwise the verified wheel copy.
+    threads : int
+        PyTorch's intra-op threads for the run (restored afterwards). The default,
+        :data:`THREADS`, gives the same file on every machine; the count is written to the JSON.
 
     Returns
     -------
@@ -134,6 +145,8 @@ def reproduce(
     json_path = Path(results_dir) / f"{stem}.json"
     out_path = Path(out_path) if out_path is not None else Path(results_dir) / f"{stem}.wcz"
     with ExitStack() as scratch:
+        scratch.callback(torch.set_num_threads, torch.get_num_threads())  # restored however the run ends
+        torch.set_num_threads(threads)
         if not runtime.is_main:  # the same pipeline, its files out of rank 0's way
             folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix=f"weightcodec-rank{runtime.rank}-")))
             results_dir, out_path = folder, folder / out_path.name
@@ -156,7 +169,7 @@ def reproduce(
         "data": mnist.source,
         **runtime.describe(),
         "file_sha256_by_rank": digests,
-        "environment": _environment(),
+        "environment": _environment(threads),
         "json_path": str(json_path),
         "wcz_path": str(out_path),
     }
@@ -196,10 +209,12 @@ def format_summary(result: dict) -> str:
     return "\n".join([title, *table, footer])
 
 
-def _environment() -> dict:
+def _environment(threads: int) -> dict:
     return {
         "weightcodec": weightcodec_version,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
+        "threads_note": f"reproduce sets torch's intra-op threads to {threads} for the run ({THREADS} by default, "
+        "so that the file is the same whatever the machine's thread count)",
     }
