@@ -17,8 +17,11 @@ What happens to each tensor (see :mod:`weightcodec.recipe` for the rules):
    and its non-zeros are clustered to ``K`` shared values (1-D k-means). With a training hook
    the model is retrained after each step, through the :mod:`weightcodec.simplify`
    parametrizations so that any training loop keeps pruned weights zero and shared weights tied.
-3. **Encode.** Each weight goes to its rule's codec; all other tensors are stored raw. The file
-   records the original dtype (float32, float16, bfloat16) and restores it on load.
+3. **Encode.** Each weight goes to its rule's codec; all other tensors are stored raw (integer
+   buffers such as ``position_ids`` exactly). The file records the original dtype (float32,
+   float16, bfloat16, ...) and restores it on load. A tensor that is the same storage as an
+   earlier one (tied weights) is stored once, as an ``alias`` of the first name, follows that
+   name's rule, and comes back tied.
 
 A model passed to :func:`compress` is simplified **in place**, as :mod:`torch.nn.utils.prune`
 does: afterwards it holds exactly the weights the file stores (for the lossless codecs), which
@@ -221,11 +224,14 @@ def apply_recipe(
             f"the recipe's training hook {recipe.hook!r} needs a model; pass the nn.Module, not its state_dict"
         )
     state = model_or_state_dict.state_dict() if is_model else dict(model_or_state_dict)
-    steps = plan(state, compressible_names(model_or_state_dict), recipe)
+    aliases = tensors.shared_aliases(state)
+    names = [name for name in compressible_names(model_or_state_dict) if name not in aliases]
+    steps = plan(state, names, recipe)
     if hook is not None:
         _simplify_model(model_or_state_dict, steps, hook, seed, progress)
         return model_or_state_dict.state_dict(), steps
     simplified = {**state, **_simplify_tensors(state, steps, seed, progress)}
+    simplified.update({name: simplified[target] for name, target in aliases.items()})  # tied stays tied
     if is_model:
         model_or_state_dict.load_state_dict(simplified)
     return simplified, steps
@@ -338,8 +344,9 @@ def compress(
     if path is not None:
         container.check_writable(path)
     state, steps = apply_recipe(model_or_state_dict, recipe, seed=seed, progress=progress)
+    aliases = tensors.shared_aliases(state)
     records = [
-        _encode(name, tensor, steps.get(name), seed)
+        tensors.encode_alias(name, tensor, aliases[name]) if name in aliases else _encode(name, tensor, steps.get(name), seed)
         for name, tensor in tqdm(state.items(), desc="encoding", unit="tensor", disable=not progress)
     ]
     data = container.to_bytes(records, _metadata(recipe, seed))

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from .codecs import Encoded, get_codec, raw
+from .codecs import Encoded, alias, get_codec, raw
 from .errors import CorruptFileError, FormatError, MemoryBudgetError, WeightcodecError
 from .header import MAX_HEADER_BYTES, clip, decode_header, encode_header, is_text
 
@@ -111,6 +111,8 @@ class WczFile:
             If its data cannot be decoded.
         """
         record = self.record(name)
+        if record.encoded.codec == alias.NAME:
+            return self.decode(alias.target(record.encoded.meta), max_bytes=max_bytes)
         check_budget([record], max_bytes)
         return decode_record(record)
 
@@ -131,7 +133,11 @@ class WczFile:
     def arrays(self, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
         """Decode every tensor, in file order, after checking the whole file against the budget."""
         check_budget(self.records, max_bytes)
-        return {rec.name: decode_record(rec) for rec in self.records}
+        arrays: dict[str, np.ndarray] = {}
+        for rec in self.records:
+            is_alias = rec.encoded.codec == alias.NAME  # its target is an earlier record (checked on reading)
+            arrays[rec.name] = arrays[alias.target(rec.encoded.meta)] if is_alias else decode_record(rec)
+        return arrays
 
 
 def decode_record(record: TensorRecord) -> np.ndarray:
@@ -170,6 +176,8 @@ def decoded_nbytes(record: TensorRecord) -> int:
     """
     if record.encoded.codec == raw.NAME:
         return sum(len(data) for data in record.encoded.sections.values())
+    if record.encoded.codec == alias.NAME:
+        return 0  # decodes to its target's array, shared
     return math.prod(record.shape) * DECODED_ITEMSIZE
 
 
@@ -471,7 +479,27 @@ def _parse_tensors(entries: list, data_area: memoryview) -> list[TensorRecord]:
         raise CorruptFileError(
             f"{len(data_area) - expected_offset} unexpected bytes after the last section (trailing data)"
         )
+    _check_aliases(records)
     return records
+
+
+def _check_aliases(records: list[TensorRecord]) -> None:
+    """An alias has no sections and names an earlier tensor, not itself an alias, of its dtype and shape."""
+    earlier: dict[str, TensorRecord] = {}
+    for record in records:
+        if record.encoded.codec == alias.NAME:
+            target = earlier.get(alias.target(record.encoded.meta))
+            if record.encoded.sections or target is None or target.encoded.codec == alias.NAME:
+                raise CorruptFileError(
+                    f"tensor {record.name!r}: an alias must have no sections and name an earlier tensor that is "
+                    f"not an alias; it names {record.encoded.meta.get('target')!r}"
+                )
+            if (target.dtype, target.shape) != (record.dtype, record.shape):
+                raise CorruptFileError(
+                    f"tensor {record.name!r} ({record.dtype} {list(record.shape)}) is an alias of {target.name!r} "
+                    f"({target.dtype} {list(target.shape)}); an alias has its target's dtype and shape"
+                )
+        earlier[record.name] = record
 
 
 def _check_entry(index: int, entry: Any):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import container
-from .codecs import get_codec, raw
+from .codecs import alias, get_codec, raw
 from .errors import EncodeError, WeightcodecError
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
     "tensor_to_numpy",
     "numpy_to_tensor",
     "encode_tensor",
+    "encode_alias",
+    "shared_aliases",
     "decode_file",
     "load_state_dict",
     "StateDictFile",
@@ -99,14 +101,55 @@ def encode_tensor(name: str, tensor: torch.Tensor, codec: str = "raw", **params)
     return container.TensorRecord(name, dtype, tuple(tensor.shape), encoded)
 
 
+def encode_alias(name: str, tensor: torch.Tensor, target_name: str) -> container.TensorRecord:
+    """A record that stores ``tensor`` as the tensor ``target_name`` it shares its storage with."""
+    return container.TensorRecord(name, dtype_name(tensor, name), tuple(tensor.shape), alias.encode(target_name))
+
+
+def shared_aliases(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Names whose tensor is the very same view of the same storage as an earlier name's (tied weights).
+
+    Returns
+    -------
+    dict of str to str
+        Each later name mapped to the first name of its tensor. Tensors that only overlap (other
+        offset, shape or strides) are not aliases; nor are empty tensors.
+
+    Examples
+    --------
+    >>> w = torch.ones(2, 3)
+    >>> shared_aliases({"embed": w, "head": w, "other": w.clone(), "row": w[0]})
+    {'head': 'embed'}
+    """
+    first: dict[tuple, str] = {}
+    aliases = {}
+    for name, tensor in state_dict.items():
+        if tensor.numel() == 0:
+            continue
+        view = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.dtype,
+                tuple(tensor.shape), tensor.stride())
+        if view in first:
+            aliases[name] = first[view]
+        else:
+            first[view] = name
+    return aliases
+
+
 def decode_file(wcz: container.WczFile, *, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
     """Decode every tensor of a parsed file into a state_dict with the original dtypes.
 
     The whole file is checked against the memory budget ``max_bytes`` (default: the memory
-    available) before anything is decoded; see :func:`weightcodec.container.check_budget`.
+    available) before anything is decoded; see :func:`weightcodec.container.check_budget`. An
+    alias entry gives back its target's tensor object, so tied weights come back tied.
     """
     wcz.check_budget(max_bytes)
-    return {rec.name: numpy_to_tensor(container.decode_record(rec), rec.dtype) for rec in wcz.records}
+    state: dict[str, torch.Tensor] = {}
+    for rec in wcz.records:
+        if rec.encoded.codec == alias.NAME:
+            state[rec.name] = state[alias.target(rec.encoded.meta)]  # the file checked it is an earlier tensor
+        else:
+            state[rec.name] = numpy_to_tensor(container.decode_record(rec), rec.dtype)
+    return state
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
