@@ -385,6 +385,13 @@ def test_run_with_k_candidates_seeds_ratio_floor_and_refinement(tmp_path):
     assert set(stage["after_steps"]) == {"swept", "retrained", "refined"}
     assert stage["after_steps"]["refined"]["test_error"] == stage["test_error"]
     assert stage["after_steps"]["refined"]["centroids_kept_order"]
+    text = report.markdown_report({"lenet300": result}, {})
+    assert "## lenet300: what each lever gave (fc1.weight at " in text
+    assert f"Chosen: K = {layer['K']}, t = {layer['t']}, seed {stage['chosen_seed']}." in text
+    assert f"| {result['identical_deep_file_bytes']['ans']} B |" in text
+    same = layer["identical_deep_bytes"]
+    assert f"| {same['huffman']} / {same['ans']} B |" in text
+    assert text.count("| 8 | clustered |") == 1 and text.count("| 2 | clustered |") == 1
 
 
 def test_markdown_report_from_results(toy_run, tmp_path):

@@ -264,6 +264,17 @@ def _weightless(
 # 15 epochs (LeNet-5: 10) once t is chosen. The stored filter is the ribbon (the paper's
 # Bloomier filter is measured at the same t); t may cost no validation error over the model
 # before encoding (tolerance 0).
+#
+# LeNet-5 aims at the paper's "up to 496x" on its 800x500 fc1: at most 3,225 B for the layer
+# (min_ratio). Dynamic network surgery takes fc1 to 99.3 % (~2,800 weights, the density Guo et
+# al. report there) with the other layers at Deep Compression's sparsities; a ribbon filter
+# needs ~1.02 t bits per stored weight, so t <= 9 fits, where each of the ~397,000 zeros reads
+# as a false positive with probability K / 2**t: K = 2 halves them against K = 4 (both are
+# swept, and t = 8 and 9). Eight filter seeds per (K, t) keep the false positives that cost
+# least on validation; after 2 epochs of retraining fc2, fc1's two or four centroids (and its
+# bias) are fine-tuned with fc2 around the false positives. Epochs are few (DNS 6 + 2 after the
+# cut, fine-tuning on 20,000 images, the sweep's retraining on 10,000) to fit a run on the
+# shared 2-core machine.
 WEIGHTLESS: dict[str, WeightlessSettings] = {
     "lenet300": _weightless(
         "lenet300",

@@ -13,11 +13,13 @@ with exactly those weights and the layers after it are retrained around the erro
            deep stage (layers not chosen):  k-means + fine-tune centroids (deep_compression),
                                             freeze those layers
            weightless stage (one layer l):  k-means on l (density init) + fine-tune centroids
-                                            sweep t: encode l, load what the filter decodes
+                                            (for each K tried) sweep t: encode l (each seed
+                                                     tried), load what the filter decodes
                                                      (false positives included), retrain the
                                                      layers after l briefly, measure the error
-                                            choose t (validation split); l := decode(filter),
-                                            freeze l, retrain the later layers a few epochs
+                                            choose (K, t) (validation split); l := decode(filter),
+                                            retrain the later layers a few epochs, optionally
+                                            fine-tune l's centroids with them; freeze l
       -> file: weightless tables for the chosen layers, deep codec for the others, raw biases
       -> read back, decode, load into a fresh model, evaluate: the reported test error, checked
          equal to the error of the pipeline's own model (the same weights, bit for bit)
@@ -33,7 +35,17 @@ error is within ``tolerance`` points of the reference is kept (:func:`.sweep.cho
 test split is only reported. The other filters (ribbon stores the same false-positive rate in
 ~18 % fewer bytes than Bloomier) are measured at every ``t`` and retrained once, at the chosen
 ``t``. The layer is also encoded with the deep codec at the same point (pruned and clustered,
-before any false positive): what the same weights cost in Deep Compression's format.
+before any false positive): what the same weights cost in Deep Compression's format; and once
+the file is written, the decoded weights (false positives included) are stored losslessly by
+the deep codec too (:func:`deep_on_identical_weights`): the same model, the fair comparison.
+
+The levers for a small filter at a low error (:class:`.settings.WeightlessSettings`): several
+``K`` (``bits_tried``), each clustered from the same pruned layer and swept, the choice made over
+every ``(K, t)``; filter seeds (``filter_seeds``: the seed decides *which* zeros become false
+positives, the one of lowest validation loss is kept); a ratio floor for the layer
+(``min_ratio``: only filters that small may be chosen); and, after the retraining of the later
+layers, fine-tuning the stored centroids and the later layers with the false positives in place
+(``refine``, :func:`.steps.refine_stored_centroids`: same table, new codebook).
 
 This module only orders the steps (:mod:`.steps`: pruning, clustering, encoding a layer,
 freezing, retraining); the settings are data (:mod:`.settings`: Deep Compression's baseline,
