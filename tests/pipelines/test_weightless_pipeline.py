@@ -183,6 +183,23 @@ def test_best_seed_keeps_the_seed_of_lowest_validation_loss():
     )
 
 
+def test_best_seed_prefers_seeds_within_the_byte_limit():
+    model = build_model("lenet300")
+    _sparse_clustered_fc1(model, density=0.02)
+    clustered = model.fc1.weight.detach().clone()
+    valid = _toy_splits(_toy_mnist()).valid
+    find = lambda limit: sweep.best_seed(  # noqa: E731
+        model, "fc1.weight", clustered, t=6, filter="ribbon", seeds=range(0, 8000, 1000), valid=valid, max_bytes=limit
+    )
+    _, tried = find(float("inf"))
+    smallest = min(s["bytes"] for s in tried)
+    (record, _, _, seed), _ = find(smallest)
+    assert record.nbytes == smallest
+    assert seed == min((s for s in tried if s["bytes"] == smallest), key=lambda s: s["valid_loss"])["seed"]
+    (_, _, _, seed), _ = find(0)  # none fits: the lowest loss
+    assert seed == min(tried, key=lambda s: s["valid_loss"])["seed"]
+
+
 def test_sweep_with_seeds_records_every_seed_tried():
     model = build_model("lenet300")
     _sparse_clustered_fc1(model)

@@ -73,29 +73,41 @@ def validation_loss(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch
 
 
 def best_seed(
-    model: nn.Module, name: str, clustered: torch.Tensor, *, t: int, filter: str, seeds: Iterable[int], valid: ArrayLoader
+    model: nn.Module,
+    name: str,
+    clustered: torch.Tensor,
+    *,
+    t: int,
+    filter: str,
+    seeds: Iterable[int],
+    valid: ArrayLoader,
+    max_bytes: float = math.inf,
 ) -> tuple[tuple, list[dict]]:
     """Encode ``clustered`` with each seed, load what it decodes, keep the lowest validation loss.
 
-    ``model`` is left holding the kept seed's decoded layer.
+    A filter's size varies a little with its seed (ribbon's bumping): seeds of more than
+    ``max_bytes`` are kept only if none is that small. ``model`` is left holding the kept
+    seed's decoded layer.
 
     Returns
     -------
     best : tuple
         ``(record, decoded, encoding, seed)`` of the kept seed.
     tried : list of dict
-        Per seed: ``seed``, ``false_positives``, ``valid_loss``, ``valid_error``.
+        Per seed: ``seed``, ``bytes``, ``false_positives``, ``valid_loss``, ``valid_error``.
     """
     module, weight_name = module_of(model, name), name.rpartition(".")[2]
-    best, best_loss, tried = None, math.inf, []
+    best, best_key, tried = None, (True, math.inf), []
     for seed in seeds:
         record, decoded, encoding = encode_and_measure(name, clustered, t=t, filter=filter, seed=seed)
         with torch.no_grad():
             getattr(module, weight_name).copy_(decoded)
         loss, error = validation_loss(model, valid)
-        tried.append({"seed": seed, "false_positives": encoding.false_positives, "valid_loss": loss, "valid_error": error})
-        if loss < best_loss:
-            best, best_loss = (record, decoded, encoding, seed), loss
+        tried.append({"seed": seed, "bytes": encoding.bytes, "false_positives": encoding.false_positives,
+                      "valid_loss": loss, "valid_error": error})  # fmt: skip
+        key = (encoding.bytes > max_bytes, loss)
+        if key < best_key:
+            best, best_key = (record, decoded, encoding, seed), key
     with torch.no_grad():
         getattr(module, weight_name).copy_(best[1])
     return best, tried
@@ -112,12 +124,14 @@ def sweep_t(
     filter: str = "bloomier",
     seed: int = 0,
     seeds: int = 1,
+    max_bytes: float = math.inf,
     progress: bool = True,
 ) -> tuple[list[SweepPoint], dict[int, tuple[container.TensorRecord, dict]]]:
     """For each ``t``: encode ``name`` in ``filter``, load what it decodes, retrain the later layers.
 
     With ``seeds`` above one, each ``t`` tries the filter seeds ``seed + i * SEED_STRIDE`` and
-    keeps the one of lowest validation loss before retraining (:func:`best_seed`).
+    keeps the one of lowest validation loss before retraining among those of at most
+    ``max_bytes`` (:func:`best_seed`).
 
     ``model`` holds the pruned, clustered layer; it is left as it came. The layer itself is never
     trained here, only the layers after it (with ``config``), every ``t`` on the same batches
@@ -141,7 +155,7 @@ def sweep_t(
         model.load_state_dict(start)
         tried_seeds = [seed + i * SEED_STRIDE for i in range(seeds)]
         (record, decoded, encoding, kept_seed), tried = best_seed(
-            model, name, clustered, t=t, filter=filter, seeds=tried_seeds, valid=splits.valid
+            model, name, clustered, t=t, filter=filter, seeds=tried_seeds, valid=splits.valid, max_bytes=max_bytes
         )
         encoded_error = next(s["valid_error"] for s in tried if s["seed"] == kept_seed)
         retrain_after(model, name, config, copy.copy(loader), seed=seed, progress=progress,

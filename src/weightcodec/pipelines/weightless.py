@@ -198,8 +198,9 @@ def _weightless_stage(model: nn.Module, name: str, baseline: float, ctx: _Contex
     unmask_(model, [name])
     pruned = weight()[weight() != 0].numpy()
     start = copy.deepcopy(model.state_dict())
-    sweep = partial(sweep_t, model, name, config=settings.sweep, loader=ctx.loader(settings.sweep, 2),
-                    splits=ctx.splits, seed=ctx.seed, seeds=settings.filter_seeds, progress=ctx.progress)  # fmt: skip
+    max_bytes = FLOAT32_BYTES * weight().numel() / settings.min_ratio if settings.min_ratio else math.inf
+    sweep = partial(sweep_t, model, name, config=settings.sweep, loader=ctx.loader(settings.sweep, 2), splits=ctx.splits,
+                    seed=ctx.seed, seeds=settings.filter_seeds, max_bytes=max_bytes, progress=ctx.progress)  # fmt: skip
     tried = []
     for bits in dict.fromkeys((plan.bits, *settings.bits_tried)):
         model.load_state_dict(start)
@@ -207,7 +208,6 @@ def _weightless_stage(model: nn.Module, name: str, baseline: float, ctx: _Contex
         ctx.lap(f"cluster and sweep {name} K={2**bits}")
     points = [point for k in tried for point in k["points"]]
     reference = REFERENCES[settings.reference](baseline, min(k["clustered"]["valid_error"] for k in tried))
-    max_bytes = FLOAT32_BYTES * weight().numel() / settings.min_ratio if settings.min_ratio else math.inf
     chosen = choose_point(points, reference, settings.tolerance, max_bytes)
     kept = next(k for k in tried if k["clusters"] == chosen.clusters)
     t = chosen.t
