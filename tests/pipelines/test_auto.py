@@ -98,7 +98,8 @@ def test_search_trace_follows_the_budget_and_the_candidates(toy_search):
         tried = layer["clusters"]["tried"]
         assert [t["bits"] for t in tried] == sorted(toy.bits)[: len(tried)]  # smallest K first, stops at the first within
         assert all(t["valid_error"] > layer["clusters"]["allowance"] for t in tried[:-1])
-        assert layer["clusters"]["allowance"] <= budget
+        before = layer["clusters"]["valid_error_before"]
+        assert before <= layer["clusters"]["allowance"] <= max(budget, before)
         weight = model.get_parameter(name)
         assert int(torch.unique(weight[weight != 0]).numel()) <= 2 ** layer["clusters"]["bits"]
         record = next(r for r in records if r.name == name)

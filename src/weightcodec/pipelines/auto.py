@@ -30,7 +30,8 @@ and never used, lands at or under ``E`` more often than not. The slack between t
 model's error and the budget is shared out: the pruning step may use ``prune_share`` of the
 slack over the baseline; weight ``j`` (network order) may reach the pruned error plus the slack
 times the share of the non-zeros up to and including ``j``, plus one standard error of noise
-(never above the budget); the biases may use the whole budget.
+(never above the budget); the biases may use the whole budget. A step that starts over its
+allowance (the pruning alone spent more) may still not make the error worse than it found it.
 
 Everything the search looked at (every level, every ``K``, every encoding tried, with its bytes
 and validation error) is returned in the trace, with the settings (:data:`.settings.AUTO`).
@@ -205,7 +206,8 @@ def _choose_clusters(search: _Search, name: str, sparsity: float, allowance: flo
         if tried[-1]["valid_error"] <= allowance:
             break
     search.timer.lap(f"clusters {name}")
-    return {"allowance": allowance, "tried": tried, "bits": tried[-1]["bits"], "within": tried[-1]["valid_error"] <= allowance}
+    last = tried[-1]
+    return {"allowance": allowance, "tried": tried, "bits": last["bits"], "within": last["valid_error"] <= allowance}
 
 
 def _deep_records(name: str, tensor: torch.Tensor, settings: AutoSettings) -> list[container.TensorRecord]:
@@ -254,7 +256,8 @@ def _choose_encoding(search: _Search, name: str, allowance: float) -> tuple[cont
 
 def _small_candidates(name: str, tensor: torch.Tensor, settings: AutoSettings, seed: int):
     """(record, values the file gives back) for every way of storing a small tensor, fewest bytes first."""
-    candidates = [(encode_tensor(name, tensor, "raw"), tensor), (encode_tensor(name, tensor.half(), "raw"), tensor.half().float())]
+    half = tensor.half()
+    candidates = [(encode_tensor(name, tensor, "raw"), tensor), (encode_tensor(name, half, "raw"), half.float())]
     distinct = int(torch.unique(tensor[tensor != 0]).numel())
     for bits in settings.bias_bits:
         if 2**bits < distinct:
@@ -332,15 +335,17 @@ def search(
     records, layers, seen = {}, {}, 0
     for name in names:
         seen += nonzeros[name]
-        allowance = min(budget, pruned + max(budget - pruned, 0.0) * seen / max(sum(nonzeros.values()), 1) + noise)
-        clusters = _choose_clusters(state, name, plans[name].sparsity, allowance)
+        share = min(budget, pruned + max(budget - pruned, 0.0) * seen / max(sum(nonzeros.values()), 1) + noise)
+        before = state.valid()
+        allowance = max(share, before)  # over budget already: at least no worse than before the step
+        clusters = {"valid_error_before": before, **_choose_clusters(state, name, plans[name].sparsity, allowance)}
         records[name], encoding = _choose_encoding(state, name, allowance)
         freeze_(model, [name])
         layers[name] = {"sparsity": 1 - nonzeros[name] / model.get_parameter(name).numel(), "nonzeros": nonzeros[name],
                         "clusters": clusters, "encoding": encoding, "valid_error": state.valid()}  # fmt: skip
     small = {}
     for name in sorted((n for n in model.state_dict() if n not in records), key=lambda n: -model.state_dict()[n].numel()):
-        records[name], small[name] = _choose_small(state, name, budget)
+        records[name], small[name] = _choose_small(state, name, max(budget, state.valid()))
     state.timer.lap("small tensors")
     state.trace.update(pruned_valid_error=pruned, layers=layers, small=small, stage_seconds=state.timer.laps)
     return [records[name] for name in model.state_dict()], state.trace
@@ -351,7 +356,11 @@ def _check_settings(settings: AutoSettings, order: list[str]) -> None:
     if not settings.levels:
         problems.append("no pruning level")
     names = set(settings.levels[0]) if settings.levels else set()
-    problems += [f"level {i} names {sorted(level)}, level 0 {sorted(names)}" for i, level in enumerate(settings.levels) if set(level) != names]
+    problems += [
+        f"level {i} names {sorted(level)}, level 0 {sorted(names)}"
+        for i, level in enumerate(settings.levels)
+        if set(level) != names
+    ]
     problems += [f"unknown weight {name!r}" for name in sorted(names) if name not in order]
     if settings.pruning not in PRUNERS:
         problems.append(f"unknown pruning {settings.pruning!r} (choose one of {sorted(PRUNERS)})")
@@ -434,7 +443,8 @@ def _choices(wcz: container.WczFile, trace: dict) -> list[dict]:
                "meta": {k: v for k, v in record.encoded.meta.items() if isinstance(v, (int, float, str))}}  # fmt: skip
         layer = trace["layers"].get(record.name)
         if layer is not None:
-            row.update(sparsity=layer["sparsity"], clusters=2 ** layer["clusters"]["bits"], valid_error_after=layer["valid_error"])
+            clusters = 2 ** layer["clusters"]["bits"]
+            row.update(sparsity=layer["sparsity"], clusters=clusters, valid_error_after=layer["valid_error"])
         rows.append(row)
     return rows
 

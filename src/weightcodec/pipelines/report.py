@@ -449,7 +449,9 @@ def _auto_search(trace: dict) -> list[str]:
               "| weight | allowance | K: valid error | filters smaller than deep | filters tried |", "|---|---:|---|---:|---|"]  # fmt: skip
     for name, layer in trace["layers"].items():
         tried = ", ".join(f"{2 ** t['bits']}: {t['valid_error']:.2f}" for t in layer["clusters"]["tried"])
-        filters = ", ".join(f"{t['filter']} t={t['t']}: {t['bytes']} B, {t['valid_error']:.2f}" for t in layer["encoding"]["filter_trials"])
+        filters = ", ".join(
+            f"{t['filter']} t={t['t']}: {t['bytes']} B, {t['valid_error']:.2f}" for t in layer["encoding"]["filter_trials"]
+        )
         lines.append(
             f"| {name} | {layer['clusters']['allowance']:.2f} | {tried} | "
             f"{len(layer['encoding']['filters_smaller_than_deep'])} | {filters or '-'} |"
