@@ -42,7 +42,7 @@ from weightcodec.simplify.cluster import quantize
 MODELS = ("lenet300", "lenet5")
 RECLUSTER = (16, 8, 4)  # shared values per deep layer tried without retraining (capped by the layer's own K)
 
-# Published whole-model points (test error %, ratio), /work/shared/reference.md §2.2 and §4.
+# Published whole-model points (test error %, ratio), docs/references.md §2.2 and §4.
 # [C] confirmed in the paper, [S] through a later paper's table, [U] widely quoted, unverified.
 PUBLISHED = {
     "lenet300": [
@@ -185,7 +185,7 @@ def markdown(points: dict[str, list[dict]], seconds: dict[str, dict[str, float]]
         "Weightless t sweep (whole file estimated with the filter at that t, after the sweep's brief retraining of "
         "the later layers, before their clustering), the deep codec on Weightless's decoded weights (same error). "
         "Published points are as reported by their papers (their own accounting; [C] confirmed, [S] via a later "
-        "paper's table, [U] unverified), reference.md §2.2 and §4.",
+        "paper's table, [U] unverified), docs/references.md §2.2 and §4.",
         "",
     ]
     for model, group in points.items():

@@ -39,7 +39,7 @@ LAYERS = [
 ]
 FILTERS = ("bloomier", "fuse", "ribbon")
 CLUSTERS, T = 32, 8
-GOALS = {"LeNet-300-100 FC-0": 1.05, "VGG-16 FC-6": 1.03}  # ribbon bits per non-zero / t, issue 6
+GOALS = {"LeNet-300-100 FC-0": 1.05, "VGG-16 FC-6": 1.03}  # ribbon bits per non-zero / t: acceptance criteria
 
 
 def bench(name, shape, density, repeat) -> list[dict]:

@@ -18,10 +18,18 @@ and after clustering (``stage == "clustered"``, every weight is tied to its laye
 values). Any training loop works, because the masks and ties live in the model itself: pruned
 weights stay exactly zero and shared weights stay shared. Build the optimiser inside the hook
 from ``model.parameters()``: the parameters are not the same objects at the two stages.
+
+The same hook runs under ``torchrun --nproc_per_node N -m weightcodec compress ...``: each
+process trains on its shard of the data (``weightcodec.distributed.shard``) through
+``weightcodec.distributed.data_parallel`` (DistributedDataParallel, which averages the
+gradients), so every process takes the same steps; in a single process both are no-ops. The
+data goes to the model's device (``--device``).
 """
 
 import torch
 from torch import nn
+
+from weightcodec import distributed
 
 VOCABULARY, WORDS, CLASSES = 500, 12, 4
 TRAIN_STEPS = {"pruned": 30, "clustered": 15}
@@ -58,12 +66,16 @@ def data(n: int = 256, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train(model: nn.Module, steps: int) -> None:
-    """Plain full-batch Adam on the synthetic data."""
+    """Plain full-batch Adam on the synthetic data (this process's shard of it)."""
     words, labels = data()
+    mine = distributed.shard(torch.arange(len(words)))
+    device = next(model.parameters()).device
+    words, labels = words[mine].to(device), labels[mine].to(device)
+    net = distributed.data_parallel(model)
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(steps):
         optimiser.zero_grad()
-        nn.functional.cross_entropy(model(words), labels).backward()
+        nn.functional.cross_entropy(net(words), labels).backward()
         optimiser.step()
 
 

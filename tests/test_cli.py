@@ -3,6 +3,7 @@ import re
 import shlex
 import shutil
 import struct
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -181,17 +182,28 @@ def test_reproduce_calls_the_pipeline(run, monkeypatch):
 
     def reproduce(model, method, *, quick, seed, progress, data, threads):
         calls.append((model, method, quick, seed, progress, data, threads))
-        return {"ratio": 41.5, "test_error": 1.61, "layers": [], "wcz_path": "x.wcz"}
+        return {"model": model, "method": method, "quick": quick, "baseline_test_error": 9.0, "test_error": 11.894,
+                "file_bytes": 21903, "ratio": 48.66478050561285, "layers": [], "seconds": 95.4,
+                "json_path": "r.json", "wcz_path": "r.wcz"}
 
     monkeypatch.setattr(weightcodec.cli, "reproduce", reproduce)
-    code, out, _ = run("reproduce", "lenet5", "--method", "deep", "--quick", "--seed", "3", "-q")
-    assert code == 0 and calls == [("lenet5", "deep", True, 3, False, None, 1)]
-    assert out.splitlines() == ["ratio: 41.5", "test_error: 1.61", "wcz_path: x.wcz"]
+    code, out, _ = run("reproduce", "lenet300", "--method", "deep", "--quick", "--seed", "3", "-q")
+    assert code == 0 and calls == [("lenet300", "deep", True, 3, False, None, 1)]
+    assert out.splitlines() == [
+        "lenet300 --method deep --quick: a smoke run on a small training budget; its errors are far above a full run's",
+        "figure                     this run  full run (committed)   paper",
+        "baseline test error          9.00 %                0.93 %  1.64 %",
+        "test error (decoded file)   11.89 %                1.27 %  1.58 %",
+        "file                       21,903 B              19,734 B       -",
+        "ratio vs float32              48.7x                 54.0x   40.0x",
+        "took 95 s; wrote r.json and r.wcz",
+    ]
 
 
 def test_reproduce_threads_go_to_the_pipeline_one_by_default(run, monkeypatch):
     seen = []
-    monkeypatch.setattr(weightcodec.cli, "reproduce", lambda *a, threads, **k: seen.append(threads) or {"ratio": 1.0})
+    result = {"model": "lenet5", "method": "deep", "quick": False, "seconds": 1.0, "json_path": "r.json", "wcz_path": "r.wcz"}
+    monkeypatch.setattr(weightcodec.cli, "reproduce", lambda *a, threads, **k: seen.append(threads) or result)
     assert run("reproduce", "lenet5", "--threads", "3", "-q")[0] == 0 and run("reproduce", "lenet5", "-q")[0] == 0
     assert seen == [3, 1]
     assert run("reproduce", "lenet5", "--threads", "0")[0] == 2
@@ -223,6 +235,47 @@ def test_unreadable_input(run, tmp_path):
     code, _, err = run("decode", tmp_path / "folder.wcz", "-o", tmp_path / "o.pt")
     assert code == 1
     assert_one_line_error(err, "is a directory, expected a .wcz file")
+
+
+STATE_DICT_KINDS = "a .pt/.pth written by torch.save(model.state_dict(), path), or a .safetensors file"
+
+
+def test_encode_a_directory_says_so(run, tmp_path):
+    (tmp_path / "weights").mkdir()
+    code, out, err = run("encode", tmp_path / "weights", "-o", tmp_path / "o.wcz", "--codec", "deep")
+    assert (code, out) == (1, "")
+    assert err == f"weightcodec: error: {tmp_path / 'weights'}: is a directory, expected a state_dict file ({STATE_DICT_KINDS})\n"
+
+
+def test_encode_an_empty_or_foreign_pt_gets_no_whole_model_hint(run, tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "notes.pt").write_text("hello world")
+    code, _, err = run("encode", tmp_path / "empty.pt", "-o", tmp_path / "o.wcz", "--codec", "deep")
+    assert code == 1
+    assert err == f"weightcodec: error: {tmp_path / 'empty.pt'}: the file is empty (0 bytes), expected a state_dict file ({STATE_DICT_KINDS})\n"
+    code, _, err = run("encode", tmp_path / "notes.pt", "-o", tmp_path / "o.wcz", "--codec", "deep")
+    assert code == 1
+    assert err == (f"weightcodec: error: {tmp_path / 'notes.pt'}: not a file torch.load can read (KeyError); "
+                   f"expected a state_dict file ({STATE_DICT_KINDS})\n")
+    only_inputs_left(tmp_path, "empty.pt", "notes.pt")
+
+
+def test_weightless_without_t_names_the_flag(run, weights, tmp_path):
+    code, _, err = run("encode", weights[0], "-o", tmp_path / "o.wcz", "--codec", "weightless")
+    assert code == 1
+    assert err == ("weightcodec: error: --codec weightless needs --t T, the bits per filter cell: a pruned weight "
+                   "decodes non-zero with probability K / 2**T (e.g. --t 10 with the default 32 clusters: 3.1 %)\n")
+
+
+@pytest.mark.parametrize("command", [["decode", "-o", "out.pt"], ["inspect"]])
+@pytest.mark.parametrize("content, message", [(b"", "the file is empty (0 bytes), not a .wcz file"),
+                                              (b"PK\x03\x04 a zip", "not a .wcz file (wrong magic bytes)")])
+def test_empty_or_foreign_wcz_names_the_file(run, tmp_path, command, content, message):
+    (tmp_path / "in.wcz").write_bytes(content)
+    code, out, err = run(command[0], tmp_path / "in.wcz", *[tmp_path / a if a.endswith(".pt") else a for a in command[1:]])
+    assert (code, out) == (1, "")
+    assert err == f"weightcodec: error: {tmp_path / 'in.wcz'}: {message}\n"
+    only_inputs_left(tmp_path, "in.wcz")
 
 
 def encoded_file(run, weights, tmp_path) -> bytes:
@@ -353,9 +406,57 @@ def tour_blocks() -> list[tuple[str, str]]:
     return re.findall(r"```(\w+)\n(.*?)```", tour, re.S)
 
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+# what the tour reads from the root of a clone: the install line's files and the example
+TOUR_INPUTS = ("examples", "constraints.txt", "pyproject.toml")
+
+
+def check_install_line(words: list[str]) -> None:
+    """What ``pip install -c FILE -e 'PATH[extras]'`` needs, checked in the working folder (a real install is minutes)."""
+    project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]
+    options = iter(words)
+    for option in options:
+        value = next(options, "")
+        if option == "-c":
+            assert Path(value).is_file(), f"pip install -c {value}: no such file in the tour's folder {Path.cwd()}"
+        elif option == "-e":
+            path, _, extras = value.partition("[")
+            pyproject = Path(path) / "pyproject.toml"
+            assert pyproject.is_file(), f"pip install -e {value}: no pyproject.toml in {Path(path).resolve()}"
+            assert tomllib.loads(pyproject.read_text())["project"]["name"] == project["name"]
+            unknown = set(filter(None, extras.rstrip("]").split(","))) - set(project["optional-dependencies"])
+            assert not unknown, f"pip install -e {value}: no such extras {unknown}"
+        else:
+            pytest.fail(f"the tour test does not know pip install {option!r}")
+
+
+def run_shell_line(line: str, monkeypatch) -> None:
+    """Run one line of a bash block, step by step (``&&``); fail on a step it does not know."""
+    for step in line.split("&&"):
+        words = shlex.split(step)
+        if words[:3] == ["python3", "-m", "venv"] or words[:1] == ["."]:
+            continue  # the tests already run in the environment these make
+        if words[:2] == ["pip", "install"]:
+            check_install_line(words[2:])
+        elif words[:2] == ["mkdir", "-p"]:
+            Path(words[2]).mkdir(parents=True, exist_ok=True)
+        elif words[0] == "cd":
+            monkeypatch.chdir(words[1])
+        elif words[0] == "weightcodec":
+            assert main(words[1:] + ["--quiet"]) == 0, line
+        else:
+            pytest.fail(f"the tour test does not know how to run {step.strip()!r}; teach run_shell_line")
+
+
 def test_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    shutil.copytree(EXAMPLES, tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    clone = tmp_path / "clone"  # the tour runs from the root of a clone: a copy of what it uses
+    clone.mkdir()
+    for name in TOUR_INPUTS:
+        if (REPOSITORY / name).is_dir():
+            shutil.copytree(REPOSITORY / name, clone / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPOSITORY / name, clone / name)
+    monkeypatch.chdir(clone)
     namespace, inspected, shown = {}, None, None
     for language, code in tour_blocks():
         if language == "python":
@@ -366,13 +467,11 @@ def test_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
             if claimed:
                 assert len(namespace["data"]) == int(claimed.group(1)), "README's byte count is stale"
         elif language == "toml":
-            (tmp_path / code.splitlines()[0].lstrip("# ")).write_text(code)
+            Path(code.splitlines()[0].lstrip("# ")).write_text(code)
         elif language == "bash":
             for line in code.strip().splitlines():
-                if "pip install" in line:
-                    continue  # the install step is what the test environment already did
                 capsys.readouterr()
-                assert main(shlex.split(line)[1:] + ["--quiet"]) == 0, line
+                run_shell_line(line, monkeypatch)
                 if line == "weightcodec inspect model.wcz":
                     inspected = capsys.readouterr().out
         elif language == "text":
@@ -381,4 +480,24 @@ def test_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     assert all(row in inspected.splitlines() for row in shown), "README's inspect table is stale"
     for name in ("model.wcz", "model-cli.wcz", "model-recipe.wcz", "tiny.wcz", "model.png", "restored.safetensors",
                  "model-compressed.onnx"):
-        assert (tmp_path / name).stat().st_size > 0
+        assert (Path.cwd() / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("line, message", [
+    ("pip install -c constraints.txt -e '.[onnx]'", "pip install -c constraints.txt: no such file"),
+    ("pip install -e '.[gpu]'", "no pyproject.toml"),
+    ("make tour", "does not know how to run 'make tour'"),
+])
+def test_tour_runner_refuses_what_would_fail(tmp_path, monkeypatch, line, message):
+    monkeypatch.chdir(tmp_path)  # a folder holding only a copy of examples/: the tour's old, broken premise
+    shutil.copytree(EXAMPLES, tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    with pytest.raises(pytest.fail.Exception if "make" in line else AssertionError, match=re.escape(message)):
+        run_shell_line(line, monkeypatch)
+
+
+def test_tour_runner_checks_the_extras(tmp_path, monkeypatch):
+    shutil.copy(REPOSITORY / "pyproject.toml", tmp_path / "pyproject.toml")
+    monkeypatch.chdir(tmp_path)
+    run_shell_line("pip install -e '.[onnx]'", monkeypatch)
+    with pytest.raises(AssertionError, match="no such extras {'gpu'}"):
+        run_shell_line("pip install -e '.[onnx,gpu]'", monkeypatch)

@@ -6,6 +6,8 @@ import torch
 
 import weightcodec
 from weightcodec import container, report
+from weightcodec.errors import EncodeError
+from weightcodec.recipe import MAX_STORED_MATCHES, clusters_asked
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +71,44 @@ def test_table_layout(wcz):
     weightless_header = next(i for i, line in enumerate(lines) if line.startswith("weightless"))
     assert lines[weightless_header].split() == ["weightless", "n", "m", "t", "expected", "FP", "measured", "FP"]
     assert lines[weightless_header + 2].split()[:4] == ["fc2.weight", "120", str(rows_by_name(report.summarize(wcz))["fc2.weight"]["describe"]["m"]), "6"]
+
+
+def test_table_shows_shared_values_used_and_asked(wcz):
+    summary = report.summarize(wcz)
+    assert {row["name"]: row["clusters_asked"] for row in summary["tensors"]} == {
+        "fc1.weight": 16, "fc1.bias": None, "fc2.weight": 4, "empty": None}
+    column = report.format_table(summary).splitlines()[0].index("K (asked)") + len("K (asked)")
+    cells = {line.split()[0]: line[:column].split()[-2:] for line in report.format_table(summary).splitlines()[2:6]}
+    assert cells["fc1.weight"] == ["16", "(16)"] and cells["fc2.weight"] == ["4", "(4)"]
+    assert cells["fc1.bias"][-1] == "-" and cells["empty"][-1] == "-"
+
+
+def test_a_tensor_with_fewer_distinct_values_than_asked_shows_both():
+    state = {"w": torch.tensor([[0.0, 0.5, -1.0], [0.5, 2.0, 0.0]])}  # 3 distinct non-zeros, stored as is
+    summary = report.summarize(container.from_bytes(weightcodec.compress(state, {"rule": [
+        {"match": "w", "method": "deep", "clusters": 8}]})))
+    row = summary["tensors"][0]
+    assert (row["describe"]["clusters"], row["clusters_asked"]) == (3, 8)
+    assert "3 (8)" in report.format_table(summary).splitlines()[2]
+
+
+def test_a_file_without_a_readable_recipe_shows_only_what_is_used(wcz):
+    for metadata in ({}, {"recipe": "[[[not json"}, {"recipe": '{"rule": 5}'}):
+        stripped = container.from_bytes(container.to_bytes(list(wcz.records), metadata))
+        rows = rows_by_name(report.summarize(stripped))
+        assert rows["fc1.weight"]["clusters_asked"] is None
+        assert " 16 " in next(line for line in report.format_table(report.summarize(stripped)).splitlines()
+                              if line.startswith("fc1.weight"))
+
+
+def test_a_crafted_recipe_is_not_matched_in_quadratic_time(wcz):
+    rules = [{"match": f"r{i}", "method": "deep"} for i in range(MAX_STORED_MATCHES // 2 + 1)] + [{"match": "*", "method": "deep"}]
+    text = json.dumps({"rule": rules})
+    assert clusters_asked(text, ["a"]) == {"a": 32}
+    with pytest.raises(EncodeError, match="name-rule pairs to match"):
+        clusters_asked(text, ["a", "b"])
+    crafted = container.from_bytes(container.to_bytes(list(wcz.records), {"recipe": text}))
+    assert all(row["clusters_asked"] is None for row in report.summarize(crafted)["tensors"])
 
 
 def test_headline_reads_only_the_header(wcz):

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, container, tensors
+from . import __version__, container, distributed, tensors
 from .errors import EncodeError, WeightcodecError
 from .recipe import CLUSTERED, PRUNED, Recipe, Rule, as_recipe, load_entry_point, load_hook
 from .simplify import cluster, prune
@@ -238,7 +238,9 @@ def _simplify_model(model: nn.Module, steps: dict[str, Step], hook: Callable, se
     """Prune, retrain, cluster, retrain, in place; on any failure the model is put back as it was.
 
     Weights kept as they are (already clustered) are frozen while the hook trains, so that they
-    stay clustered.
+    stay clustered. In a job of several processes (:mod:`weightcodec.distributed`) every rank
+    computes the same masks and centroids from the same weights; after each hook call all ranks
+    must still hold the same model (masks, centroids, weights), which is checked.
     """
     snapshot = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     modules = dict(model.named_modules())
@@ -252,11 +254,13 @@ def _simplify_model(model: nn.Module, steps: dict[str, Step], hook: Callable, se
         for name in todo:
             prune.prune_(located[name], "weight", mask=steps[name].mask)
         hook(model, PRUNED)
+        distributed.check_identical(model.state_dict(), f"after the training hook ({PRUNED})")
         for name in tqdm(todo, desc="clustering", unit="tensor", disable=not progress or not todo):
             prune.remove_(located[name], "weight")
             rule = steps[name].rule
             cluster.share_weights_(located[name], "weight", rule.clusters, init=rule.init, seed=seed)
         hook(model, CLUSTERED)
+        distributed.check_identical(model.state_dict(), f"after the training hook ({CLUSTERED})")
         for name in todo:
             cluster.make_permanent_(located[name], "weight")
     except BaseException:

@@ -12,7 +12,11 @@ stderr), 2 bad arguments, 3 an internal error (a bug: rerun with ``--debug`` for
     weightcodec decode model.wcz --onnx model.onnx -o compressed.onnx
     weightcodec inspect model.wcz [--json] [--plot bytes.png]
     weightcodec compress --recipe recipe.toml my_models:build --weights model.pt -o model.wcz
-    weightcodec reproduce lenet300 --method deep --quick
+    weightcodec reproduce lenet300 --method deep --quick [--device cuda]
+    torchrun --nproc_per_node 2 -m weightcodec reproduce lenet300 --quick
+
+``reproduce`` and ``compress`` join the torchrun job they are started in
+(:func:`weightcodec.distributed.launch`); only rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, api, container, report, tensors
+import torch
+
+from . import __version__, api, container, distributed, report, tensors
 from .codecs import deep, weightless
 from .errors import WeightcodecError
 from .pipelines.models import MODELS
 from .pipelines.reproduce import METHODS as REPRODUCE_METHODS
 from .pipelines.reproduce import THREADS as REPRODUCE_THREADS
-from .pipelines.reproduce import reproduce
+from .pipelines.reproduce import format_summary, reproduce
 from .recipe import METHODS, load_recipe, recipe_from_options
 from .simplify import cluster
 
@@ -155,6 +161,7 @@ def _add_compress(commands, common) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="the .wcz file to write")
     p.add_argument("--weights", type=Path, help="state_dict file loaded into the model built by module:function")
     p.add_argument("--seed", type=int, default=0, help="seed of random choices (default 0)")
+    _add_device(p, "the training hook's model")
     p.set_defaults(run=_run_compress)
 
 
@@ -177,7 +184,15 @@ def _add_reproduce(commands, common) -> None:
         help=f"PyTorch CPU threads while it runs (default {REPRODUCE_THREADS}: the same file on every machine; "
         "another count may give another file)",
     )
+    _add_device(p, "training, pruning and clustering")
     p.set_defaults(run=_run_reproduce)
+
+
+def _add_device(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--device", choices=distributed.DEVICES, default="auto",
+        help=f"where {what} run (default auto: cuda when PyTorch sees a GPU); the codecs always run on the CPU",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -208,6 +223,11 @@ def _run_encode(args: argparse.Namespace) -> None:
         raise WeightcodecError(f"give either --recipe or --codec with its options, not both (got --recipe and {', '.join(given)})")
     if args.recipe is None and args.codec is None:
         raise WeightcodecError(f"give --codec {{{','.join(METHODS)}}} (or --recipe R.toml)")
+    if args.recipe is None and args.codec == "weightless" and args.t is None:
+        raise WeightcodecError(
+            "--codec weightless needs --t T, the bits per filter cell: a pruned weight decodes non-zero "
+            "with probability K / 2**T (e.g. --t 10 with the default 32 clusters: 3.1 %)"
+        )
     recipe = load_recipe(args.recipe) if args.recipe else recipe_from_options(args.codec, **options)
     state = tensors.load_state_dict(args.input)
     _write(api.compress(state, recipe, args.output, seed=args.seed, progress=not args.quiet), args.output)
@@ -215,8 +235,15 @@ def _run_encode(args: argparse.Namespace) -> None:
 
 def _run_compress(args: argparse.Namespace) -> None:
     recipe = load_recipe(args.recipe)
-    model = api.load_model(args.model, weights=args.weights, search=[recipe.folder, Path.cwd()])
-    _write(api.compress(model, recipe, args.output, seed=args.seed, progress=not args.quiet), args.output)
+    with distributed.launch(args.device) as runtime:
+        model = api.load_model(args.model, weights=args.weights, search=[recipe.folder, Path.cwd()])
+        if isinstance(model, torch.nn.Module):  # every rank starts from rank 0's weights, on the job's device
+            distributed.broadcast_module_(model.to(runtime.device))
+        output = args.output if runtime.is_main else None
+        data = api.compress(model, recipe, output, seed=args.seed, progress=not args.quiet and runtime.is_main)
+        distributed.check_identical({"the file": data}, "compress")
+        if runtime.is_main:
+            _write(data, args.output)
 
 
 def _write(data: bytes, path: Path) -> None:
@@ -249,13 +276,11 @@ def _run_inspect(args: argparse.Namespace) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> None:
-    result = reproduce(
-        args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data, threads=args.threads
-    )
-    _say(_format_result(result))
-
-
-def _format_result(result: dict) -> str:
-    """The scalar figures of a reproduce() result, one per line (the JSON file has the rest)."""
-    return "\n".join(f"{key}: {value}" for key, value in result.items() if isinstance(value, (int, float, str)))
+    with distributed.launch(args.device) as runtime:
+        result = reproduce(
+            args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data,
+            threads=args.threads,
+        )
+        if runtime.is_main:
+            _say(format_summary(result))
 

@@ -245,7 +245,10 @@ def read(path: str | os.PathLike) -> WczFile:
         raise WeightcodecError(f"{path}: is a directory, expected a .wcz file") from None
     except OSError as exc:
         raise WeightcodecError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return from_bytes(data)
+    try:
+        return from_bytes(data)
+    except FormatError as exc:  # name the file: the user may have passed several
+        raise type(exc)(f"{path}: {exc}") from None
 
 
 def from_bytes(data: bytes) -> WczFile:
@@ -265,6 +268,8 @@ def from_bytes(data: bytes) -> WczFile:
 
 
 def _parse_preamble(data: memoryview) -> int:
+    if len(data) == 0:
+        raise FormatError("the file is empty (0 bytes), not a .wcz file")
     if len(data) < len(MAGIC) or bytes(data[: len(MAGIC)]) != MAGIC:
         raise FormatError("not a .wcz file (wrong magic bytes)")
     if len(data) < PREAMBLE.size:

@@ -64,6 +64,7 @@ __all__ = [
     "load_recipe",
     "as_recipe",
     "recipe_from_options",
+    "clusters_asked",
     "load_entry_point",
     "load_hook",
 ]
@@ -82,6 +83,9 @@ METHODS = {
     "weightless": SIMPLIFY_KEYS + CODEC_KEYS["weightless"],
 }
 REQUIRED_KEYS = {"raw": ("match",), "deep": ("match",), "weightless": ("match", "t")}
+# Name-rule pairs clusters_asked() tries at most: a real model and recipe are far below (1,000
+# tensors x 20 rules), and a crafted file must not buy quadratic time with a few MB of header.
+MAX_STORED_MATCHES = 100_000
 TOP_LEVEL_KEYS = ("rule", "training")
 TRAINING_KEYS = ("hook",)
 
@@ -276,6 +280,39 @@ def as_recipe(recipe: Recipe | Mapping | str | os.PathLike | None) -> Recipe:
     if isinstance(recipe, (str, os.PathLike)):
         return load_recipe(recipe)
     raise EncodeError(f"recipe must be a Recipe, a dict, a TOML path or None, got {type(recipe).__name__}")
+
+
+def clusters_asked(recipe_json: str, names: Iterable[str]) -> dict[str, int]:
+    """The ``clusters`` the recipe stored in a file's metadata (:meth:`Recipe.to_json`) asked for each name.
+
+    Names that no pruning-and-clustering rule matches are left out. ``inspect`` shows these
+    beside the number of shared values each tensor really holds.
+
+    Raises
+    ------
+    EncodeError
+        If ``recipe_json`` is not a valid recipe, or if matching it would try more than
+        :data:`MAX_STORED_MATCHES` name-rule pairs (a file can claim any number of both, and
+        reading one must cost time in proportion to its size).
+
+    Examples
+    --------
+    >>> text = parse_recipe({"rule": [{"match": "fc1.*", "method": "raw"}, {"match": "*", "method": "deep"}]}).to_json()
+    >>> clusters_asked(text, ["fc1.weight", "fc2.weight"])
+    {'fc2.weight': 32}
+    """
+    try:
+        table = json.loads(recipe_json)
+    except (ValueError, RecursionError) as exc:
+        raise EncodeError(f"the stored recipe is not valid JSON: {exc}") from None
+    recipe = replace(parse_recipe(table), require_matches=False)
+    names = list(names)
+    if len(recipe.rules) * len(names) > MAX_STORED_MATCHES:
+        raise EncodeError(
+            f"the stored recipe's {len(recipe.rules)} rules for {len(names)} tensors are more than "
+            f"{MAX_STORED_MATCHES} name-rule pairs to match"
+        )
+    return {name: rule.clusters for name, rule in recipe.assign(names).items() if rule.simplifies}
 
 
 def recipe_from_options(method: str, **options: Any) -> Recipe:

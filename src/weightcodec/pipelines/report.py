@@ -3,7 +3,7 @@
 * ``weightless.md``: :func:`write_markdown` reads ``reproduce-<model>-{weightless,deep}.json``
   and writes the tables :func:`markdown_report` builds: the largest layer per filter against the
   deep codec on the same weights and against the Deep Compression model's own layer, the whole
-  models, the issue's checks, why a filter cannot beat a lossless coder on the same weights, and
+  models, the acceptance criteria, why a filter cannot beat a lossless coder on the same weights, and
   the ``t`` sweeps. :mod:`.plots` draws its figures from the same dicts.
 * ``auto.md``: :func:`write_auto_markdown` reads ``reproduce-<model>-auto.json`` and writes
   :func:`auto_markdown`: the file against its targets, the choice made for every tensor, the
@@ -37,7 +37,7 @@ BITS_PER_BYTE = 8
 VALID_IMAGES = 10_000  # MNIST's validation split (pipelines.data)
 
 
-# What the paper says about these models (reference.md §1.2): only the abstract's "up to 496x"
+# What the paper says about these models (docs/references.md §1.2): only the abstract's "up to 496x"
 # (which model or layer is unconfirmed; §1.2 argues for a single largest layer) and a later
 # paper's whole-model LeNet-5 figure (MIRACLE, Table 1).
 PAPER = {
@@ -63,7 +63,7 @@ def markdown_report(weightless: Mapping[str, dict], deep: Mapping[str, dict], id
     str
         Markdown: the largest layer per filter at the chosen ``t`` against the deep codec on the
         same weights and against the Deep Compression model's own layer; the whole models; the
-        issue's two checks; the ``t`` sweeps.
+        two acceptance criteria; the ``t`` sweeps.
     """
     lines = [
         "# Weightless vs Deep Compression on the LeNets",
@@ -136,7 +136,7 @@ def markdown_report(weightless: Mapping[str, dict], deep: Mapping[str, dict], id
         )
     for model, result in weightless.items():
         lines += _levers(model, result)
-    lines += ["", "## The issue's checks", ""]
+    lines += ["", "## Acceptance criteria", ""]
     for model, result in weightless.items():
         lines += _checks(model, result, deep.get(model))
     lines += ["", "## Why a filter cannot beat a lossless coder on the same weights", "", SAME_WEIGHTS_LIMIT, ""]
@@ -291,7 +291,7 @@ def _chosen_points(stage: dict) -> list[dict]:
 
 
 def _checks(model: str, result: dict, deep: dict | None) -> list[str]:
-    """The issue's targets for one model, each with its figures and whether it holds.
+    """The project's acceptance criteria for one model, each with its figures and whether it holds.
 
     The size target compares the largest layer with the same layer of the Deep Compression
     model (its own sparsity and clusters, at the error the second target holds Weightless to),

@@ -43,7 +43,7 @@ __all__ = [
 QUICK_SUBSET = 8_000  # training images used by --quick
 T_VALUES = tuple(range(4, 16))  # cell widths swept: 4 keeps K = 16 codes, 15 leaves ~K/32768 false positives
 QUICK_T_VALUES = (6, 9)
-ERROR_MARGIN = 0.05  # percentage points: the "no worse than Deep Compression's error + 0.05"
+ERROR_MARGIN = 0.05  # percentage points: the acceptance criterion "no worse than Deep Compression's error + 0.05"
 QUICK_TARGET_ERROR = 15.0  # percent: --quick baselines (2 epochs on 8,000 images) are near 9 %
 
 
@@ -253,8 +253,8 @@ def _weightless(
 
 # Our own plans (the paper's Table 1 is unconfirmed). fc1 is pruned further than in Deep
 # Compression (2 % left instead of 5 %): the filter's bits per non-zero do not grow with
-# sparsity, and each zero reads as a false positive with probability K / 2**t (reference.md
-# §1.5, §5). K = 8 there (LeNet-5: 16): with K = 4 clustering alone cost LeNet-300 ~0.1 point,
+# sparsity, and each zero reads as a false positive with probability K / 2**t (docs/references.md
+# §1.5). K = 8 there (LeNet-5: 16): with K = 4 clustering alone cost LeNet-300 ~0.1 point,
 # with 8 none. Reaching 98 % with little loss takes longer pruning than Deep Compression's 95 %.
 # On LeNet-300, final test errors: 3 x 6 epochs of magnitude rounds 1.95 %, 6 x 10 1.45 %,
 # 6 x 15 1.29 % (but t = 15 needed); 40 epochs of dynamic network surgery plus 10 after the cut

@@ -9,12 +9,18 @@
 * :func:`train_baseline` trains a model from :data:`~.models.MODELS` or loads it from the
   checkpoint cache (``<cache>/checkpoints``), keyed by model, seed and the training settings.
 
+In a job of several processes (:mod:`weightcodec.distributed`, under ``torchrun``) :func:`train`
+gives each rank its shard of every global batch and trains through DistributedDataParallel, so
+the ranks take the same optimiser steps as one process would on the same global batches (up to
+the order of float additions); the model goes to the job's device there, the batches follow it.
+
 Masks (:mod:`weightcodec.simplify.prune`) and shared weights (:mod:`~weightcodec.simplify.cluster`)
 live in the modules themselves, so this loop knows nothing about them.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
@@ -26,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..errors import WeightcodecError
 from .data import Mnist, cache_dir
 from .models import IMAGE_SIDE, build_model
@@ -93,6 +100,12 @@ class ArrayLoader:
     ``e`` draws its permutation (and its translations, with ``shift > 0``) from ``(seed, e)``,
     so a run is reproducible whatever happened before it.
 
+    With ``world_size > 1`` the loader yields rank ``rank``'s share of the epoch, by
+    :func:`weightcodec.distributed.shard` (DistributedSampler's rule applied to the permutation),
+    in batches of ``ceil(batch_size / world_size)``: step ``k`` of all the ranks together sees the
+    images of step ``k`` of a single process (all of them when ``world_size`` divides
+    ``batch_size``), each with the same translation.
+
     Examples
     --------
     >>> loader = ArrayLoader(np.zeros((5, 784), np.float32), np.arange(5), batch_size=2)
@@ -101,28 +114,60 @@ class ArrayLoader:
     """
 
     def __init__(
-        self, x: np.ndarray, y: np.ndarray, *, batch_size: int, shuffle: bool = False, seed: int = 0, shift: int = 0
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        shift: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
-        if len(x) != len(y) or batch_size < 1 or shift < 0:
-            raise WeightcodecError(f"ArrayLoader: {len(x)} images, {len(y)} labels, batch_size {batch_size}, shift {shift}")
+        if len(x) != len(y) or batch_size < 1 or shift < 0 or not 0 <= rank < world_size:
+            raise WeightcodecError(
+                f"ArrayLoader: {len(x)} images, {len(y)} labels, batch_size {batch_size}, shift {shift}, "
+                f"rank {rank} of {world_size}"
+            )
         self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
         self.batch_size, self.shuffle, self.seed, self.shift = batch_size, shuffle, seed, shift
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
+    @property
+    def rank_batch_size(self) -> int:
+        """Images per batch on each rank: ``ceil(batch_size / world_size)``."""
+        return _ceil_div(self.batch_size, self.world_size)
+
     def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
+        return _ceil_div(_ceil_div(len(self.x), self.world_size), self.rank_batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
         order = torch.from_numpy(rng.permutation(len(self.x))) if self.shuffle else torch.arange(len(self.x))
         offsets = torch.from_numpy(rng.integers(-self.shift, self.shift + 1, size=(len(self.x), 2)))
-        for start in range(0, len(self.x), self.batch_size):
-            index = order[start : start + self.batch_size]
+        positions = distributed.shard(torch.arange(len(self.x)), rank=self.rank, world_size=self.world_size)
+        for start in range(0, len(positions), self.rank_batch_size):
+            chosen = positions[start : start + self.rank_batch_size]
+            index = order[chosen]
             x = self.x[index]
             if self.shift:
-                x = translate(x, offsets[start : start + self.batch_size], self.shift)
+                x = translate(x, offsets[chosen], self.shift)
             yield x, self.y[index]
+
+    def sharded(self, rank: int, world_size: int) -> "ArrayLoader":
+        """A copy that yields rank ``rank``'s share of each epoch (same seed, same epoch count)."""
+        twin = copy.copy(self)
+        if not 0 <= rank < world_size:
+            raise WeightcodecError(f"ArrayLoader.sharded: rank {rank} is outside a world of {world_size} processes")
+        twin.rank, twin.world_size = rank, world_size
+        return twin
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def translate(x: torch.Tensor, offsets: torch.Tensor, shift: int) -> torch.Tensor:
@@ -196,25 +241,38 @@ def train(
     ------
     WeightcodecError
         If ``config`` names an unknown optimiser or schedule, or ``train_only`` names no
-        trainable parameter.
+        trainable parameter; in a job, if the ranks do not hold the same model when it starts.
+
+    Notes
+    -----
+    In a job of several processes (:func:`weightcodec.distributed.current`) each rank trains on
+    its shard of every batch (:meth:`ArrayLoader.sharded`) through DistributedDataParallel, and
+    only rank 0 shows the bar. The batches go to the model's device.
     """
     _check_config(config)
+    runtime = distributed.current()
     params = _select_parameters(model, train_only)
     frozen = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in params)]
     optimizer = OPTIMIZERS[config.optimizer](params, config)
-    scheduler = SCHEDULES[config.schedule](optimizer, config.epochs * len(loader))
+    local = loader.sharded(runtime.rank, runtime.world_size) if runtime.world_size > 1 else loader
+    scheduler = SCHEDULES[config.schedule](optimizer, config.epochs * len(local))
+    device = _device_of(model)
     losses, step = [], 0
-    bar = tqdm(total=config.epochs * len(loader), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=config.epochs * len(local), desc=desc, disable=not (progress and runtime.is_main), leave=False)
     try:
         for p in frozen:
             p.requires_grad_(False)
+        # masks and shared centroids are buffers and parameters of the model: all ranks must agree
+        distributed.check_identical(model.state_dict(), f"before {desc}")
+        net = distributed.data_parallel(model)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model.train()
             for _ in range(config.epochs):
                 total, count = 0.0, 0
-                for x, y in loader:
-                    loss = nn.functional.cross_entropy(model(x), y)
+                for x, y in local:
+                    x, y = x.to(device), y.to(device)
+                    loss = nn.functional.cross_entropy(net(x), y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -227,6 +285,7 @@ def train(
                 losses.append(total / max(count, 1))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
     finally:
+        loader.epoch = local.epoch  # the caller's loader goes on with the next epoch, sharded or not
         bar.close()
         for p in frozen:
             p.requires_grad_(True)
@@ -236,11 +295,16 @@ def train(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Classification error of ``model`` over ``loader``, in percent (0 to 100)."""
+    """Classification error of ``model`` over ``loader``, in percent (0 to 100).
+
+    Every rank of a job evaluates all of ``loader`` (the batches go to the model's device), so
+    every rank gets the same count.
+    """
     model.eval()
+    device = _device_of(model)
     wrong, count = 0, 0
     for x, y in loader:
-        wrong += int((model(x).argmax(dim=1) != y).sum())
+        wrong += int((model(x.to(device)).argmax(dim=1) != y.to(device)).sum())
         count += len(y)
     if count == 0:
         raise WeightcodecError("evaluate: the loader yielded no examples")
@@ -263,8 +327,16 @@ def layers_after(model: nn.Module, layer: str) -> list[str]:
 
 
 def checkpoint_path(name: str, config: TrainConfig, seed: int, data_source: str) -> Path:
-    """Where the baseline of model ``name`` trained with ``config`` and ``seed`` is cached."""
-    settings = json.dumps({"config": asdict(config), "data": data_source}, sort_keys=True)
+    """Where the baseline of model ``name`` trained with ``config`` and ``seed`` is cached.
+
+    A baseline trained on another device type or by several processes is not the same model,
+    so those runs key their own checkpoints (a single CPU process keeps the plain key).
+    """
+    runtime = distributed.current()
+    key = {"config": asdict(config), "data": data_source}
+    if runtime.world_size > 1 or runtime.device.type != "cpu":
+        key["runtime"] = {"device": runtime.device.type, "world_size": runtime.world_size}
+    settings = json.dumps(key, sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
     return cache_dir() / "checkpoints" / f"{name}-seed{seed}-e{config.epochs}-{digest}.pt"
 
@@ -274,18 +346,28 @@ def train_baseline(
 ) -> nn.Module:
     """The trained baseline of model ``name``: loaded from the checkpoint cache, else trained and cached.
 
-    The model's initial weights and the data order both come from ``seed``.
+    The model's initial weights and the data order both come from ``seed``; it lives on the
+    job's device. In a job, rank 0 alone reads and writes the cache and sends the weights it
+    read to the other ranks.
     """
+    runtime = distributed.current()
     path = checkpoint_path(name, config, seed, f"{mnist.source.split(' (')[0]}:{len(mnist.x_train)}")
     model = build_model(name, seed=seed)
-    if cache and path.is_file():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
+    if distributed.broadcast_object(cache and path.is_file()):
+        if runtime.is_main:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return distributed.broadcast_module_(model.to(runtime.device)).eval()
+    model.to(runtime.device)
     train(model, train_loader(mnist, config, seed=seed), config, seed=seed, progress=progress, desc=f"{name} baseline")
-    if cache:
+    if cache and runtime.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)
     return model
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _check_config(config: TrainConfig) -> None:

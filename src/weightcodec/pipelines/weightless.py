@@ -4,7 +4,7 @@ Weightless stores a pruned, clustered layer *lossily* in a retrieval filter (a B
 by default): the codes of the non-zero weights come back exactly, and each zero comes back as a
 random centroid (a *false positive*) with probability ``K / 2**t``. The layer is then frozen
 with exactly those weights and the layers after it are retrained around the errors
-(Algorithm 1; reference.md §1.4)::
+(Algorithm 1; docs/references.md §1.4)::
 
     baseline (the Deep Compression baseline, from the checkpoint cache)
       -> prune every planned layer together, retraining (magnitude rounds or DNS); each layer
@@ -26,7 +26,7 @@ with exactly those weights and the layers after it are retrained around the erro
 
 Pruning all planned layers first, as Deep Compression does, lets every layer adapt to the
 others' pruning while all of them can still move; only clustering and encoding go layer by
-layer (the paper's order inside its step 1 is unconfirmed, reference.md §1.4).
+layer (the paper's order inside its step 1 is unconfirmed, docs/references.md §1.4).
 
 Choosing ``t`` (:mod:`.sweep`): the stored filter (:attr:`.settings.WeightlessSettings.filter`:
 Bloomier as in the paper by default, ribbon in :data:`.settings.WEIGHTLESS`) is swept over
@@ -50,7 +50,7 @@ layers, fine-tuning the stored centroids and the later layers with the false pos
 This module only orders the steps (:mod:`.steps`: pruning, clustering, encoding a layer,
 freezing, retraining); the settings are data (:mod:`.settings`: Deep Compression's baseline,
 retraining recipes and plans for the layers not chosen, our own plans and pruning method for
-the chosen ones, as the paper's Table 1 is unconfirmed, reference.md §1.3), and the results
+the chosen ones, as the paper's Table 1 is unconfirmed, docs/references.md §1.3), and the results
 page is :mod:`.report`'s.
 """
 

@@ -16,11 +16,20 @@ min and max; the paper's best, it keeps centroids among the rare large weights),
 (values at evenly spaced levels of the empirical CDF) and ``random`` (Forgy: k distinct
 observations drawn with ``seed``).
 
+A cluster left empty (``linear`` across the gap that pruning leaves around zero puts centroids
+where no weight is) is re-seeded by splitting the cluster with the largest squared error, so
+the layer always uses the ``k`` distinct values asked for when it has at least ``k`` distinct
+non-zeros.
+
 Fine-tuning (Eq. 3): :func:`share_weights_` ties ``module.weight`` to
 ``centroids[codes] * mask`` with :mod:`torch.nn.utils.parametrize`; the centroids are the only
 trained Parameter, so autograd gives centroid ``k`` the *sum* of the gradients of the weights
 whose code is ``k``: ``dL/dC_k = sum_ij dL/dW_ij 1(I_ij = k)``. :func:`make_permanent_` turns the
 tied weight back into a plain Parameter.
+
+k-means runs on the CPU (NumPy) whatever the model's device: a GPU weight's non-zeros are copied
+to the host, and the codes and mask of :class:`SharedWeights` go back to the weight's device, so
+fine-tuning stays there. It costs about one sort of the non-zeros (benchmarks/results/throughput.md).
 """
 
 from __future__ import annotations
@@ -89,11 +98,12 @@ def kmeans_1d(
     Returns
     -------
     centroids : numpy.ndarray
-        float32, shape ``(k,)``, sorted ascending. A centroid left without members keeps its
-        previous position (it can happen with ``linear`` on gappy data).
+        float32, shape ``(k,)``, strictly ascending: ``k`` distinct values, each the mean of
+        its members. No cluster is ever empty (see :func:`_fill_empty_runs`).
     labels : numpy.ndarray
-        int64, shape ``(values.size,)``: the index of each value's nearest centroid (ties at a
-        midpoint go to the lower centroid).
+        int64, shape ``(values.size,)``: the cluster of each value, every one of ``0 .. k-1``
+        used. Once converged this is the nearest centroid (ties at a midpoint go to the lower
+        one).
 
     Raises
     ------
@@ -110,18 +120,18 @@ def kmeans_1d(
     flat = _check_values(values, k, init, iters)
     ordered = np.sort(flat)
     prefix = np.concatenate(([0.0], np.cumsum(ordered)))
-    centroids = np.sort(INITS[init](ordered, k, seed).astype(np.float64))
+    prefix_squares = np.concatenate(([0.0], np.cumsum(ordered * ordered)))
+    start = np.sort(INITS[init](ordered, k, seed).astype(np.float64))
+    bounds = _fill_empty_runs(_assign_runs(ordered, start), ordered, prefix, prefix_squares)
     for _ in range(iters):
-        bounds = np.concatenate(([0], np.searchsorted(ordered, _midpoints(centroids), side="right"), [ordered.size]))
-        counts = np.diff(bounds)
-        sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
-        updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
-        updated.sort()
-        if np.array_equal(updated, centroids):
+        centroids = _run_means(bounds, ordered, prefix)
+        assigned = _fill_empty_runs(_assign_runs(ordered, centroids), ordered, prefix, prefix_squares)
+        if np.array_equal(assigned, bounds):
             break
-        centroids = updated
-    centroids = centroids.astype(np.float32)
-    labels = np.searchsorted(_midpoints(centroids.astype(np.float64)), flat, side="left").astype(np.int64)
+        bounds = assigned
+    centroids = _run_means(bounds, ordered, prefix).astype(np.float32)
+    # the run of a value is the first run whose largest member is >= the value
+    labels = np.searchsorted(ordered[bounds[1:-1] - 1], flat, side="left").astype(np.int64)
     return centroids, labels
 
 
@@ -201,7 +211,7 @@ class SharedWeights(nn.Module):
         kept = self.mask.flatten()
         codes = self.codes.flatten()[kept]
         values = weight.detach().flatten()[kept].to(torch.float64)
-        sums = torch.zeros(self.k, dtype=torch.float64).index_add_(0, codes, values)
+        sums = torch.zeros(self.k, dtype=torch.float64, device=values.device).index_add_(0, codes, values)
         counts = torch.bincount(codes, minlength=self.k).clamp(min=1)
         return (sums / counts).to(weight.dtype)
 
@@ -253,7 +263,8 @@ def share_weights_(
         raise EncodeError(f"{type(module).__name__}.{name} is all zeros: nothing to cluster")
     full_codes = torch.zeros(weight.numel(), dtype=torch.long)
     full_codes[mask.flatten()] = torch.from_numpy(codes)
-    shared = SharedWeights(full_codes.view(weight.shape), mask, k)
+    # the codes and the mask live beside the weight (a GPU model keeps its ties on the GPU)
+    shared = SharedWeights(full_codes.view(weight.shape).to(weight.device), mask.to(weight.device), k)
     parametrize.register_parametrization(module, name, shared, unsafe=True)
     with torch.no_grad():
         module.parametrizations[name].original.copy_(torch.from_numpy(centroids))
@@ -289,6 +300,63 @@ def make_permanent_(module: nn.Module, name: str = "weight") -> nn.Module:
 
 def _midpoints(centroids: np.ndarray) -> np.ndarray:
     return (centroids[:-1] + centroids[1:]) / 2
+
+
+def _assign_runs(ordered: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Lloyd's assignment step on sorted values: the ``k + 1`` bounds of each centroid's run.
+
+    Run ``j`` is ``ordered[bounds[j]:bounds[j + 1]]``, the values nearest centroid ``j``; equal
+    values always share a run. A run is empty where no value lies between two midpoints.
+    """
+    inner = np.searchsorted(ordered, _midpoints(centroids), side="right")
+    return np.concatenate(([0], inner, [ordered.size]))
+
+
+def _run_means(bounds: np.ndarray, ordered: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+    """Lloyd's update step: the mean of each (non-empty) run, from the prefix sums.
+
+    Prefix sums lose precision on runs of values much smaller than the running total; a mean
+    lies within its run, so it is clipped there. As runs are split between distinct values, the
+    means are then strictly ascending, in float64 and after rounding to float32 alike.
+    """
+    means = (prefix[bounds[1:]] - prefix[bounds[:-1]]) / np.diff(bounds)
+    return np.clip(means, ordered[bounds[:-1]], ordered[bounds[1:] - 1])
+
+
+def _fill_empty_runs(bounds: np.ndarray, ordered: np.ndarray, prefix: np.ndarray, prefix_squares: np.ndarray) -> np.ndarray:
+    """Re-seed empty clusters: split the run with the largest squared error until none is empty.
+
+    Linear initialisation across the gap that pruning leaves around zero puts centroids where
+    no weight is; plain Lloyd would keep them empty and the layer would use fewer than the
+    ``k`` values asked for. Each empty run is dropped and the non-empty run with the largest
+    sum of squared errors (among those holding two or more distinct values) is cut in two where
+    the squared error of the halves is smallest. This only lowers the total error, and with at
+    least ``k`` distinct values (checked by the caller) there is always a run to cut, so the
+    result has ``k`` non-empty runs split between distinct values. Deterministic: ties go to
+    the first run and the first cut.
+    """
+    k = bounds.size - 1
+    runs = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    while len(runs) < k:
+        errors = [_squared_error(lo, hi, prefix, prefix_squares) if ordered[lo] != ordered[hi - 1] else -1.0
+                  for lo, hi in runs]
+        worst = int(np.argmax(errors))
+        lo, hi = runs[worst]
+        runs[worst : worst + 1] = [(lo, cut := _best_cut(lo, hi, ordered, prefix, prefix_squares)), (cut, hi)]
+    return np.array([0] + [hi for _, hi in runs], dtype=np.int64)
+
+
+def _squared_error(lo, hi, prefix: np.ndarray, prefix_squares: np.ndarray):
+    """Sum of squared distances to the mean of ``ordered[lo:hi]`` (arrays of runs broadcast)."""
+    total = prefix[hi] - prefix[lo]
+    return np.maximum(prefix_squares[hi] - prefix_squares[lo] - total * total / (hi - lo), 0.0)
+
+
+def _best_cut(lo: int, hi: int, ordered: np.ndarray, prefix: np.ndarray, prefix_squares: np.ndarray) -> int:
+    """The cut ``lo < c < hi`` between two distinct values minimising the halves' squared error."""
+    cuts = lo + 1 + np.flatnonzero(ordered[lo + 1 : hi] != ordered[lo : hi - 1])
+    errors = _squared_error(lo, cuts, prefix, prefix_squares) + _squared_error(cuts, hi, prefix, prefix_squares)
+    return int(cuts[np.argmin(errors)])
 
 
 def _check_values(values: np.ndarray, k: int, init: str, iters: int) -> np.ndarray:
