@@ -266,16 +266,15 @@ def _weightless(
 # before encoding (tolerance 0).
 #
 # LeNet-5 aims at the paper's "up to 496x" on its 800x500 fc1: at most 3,225 B for the layer
-# (min_ratio). Dynamic network surgery takes fc1 to 99.35 % (2,600 weights; Guo et al. report
-# 99.3 % there) with the other layers at Deep Compression's sparsities; a ribbon filter of
-# ~2,700 keys needs ~1.05 t bits per key (3,071-3,143 B at t = 9 for 2,600 keys, depending on
-# the seed; 3,360 B for 2,800), so t <= 9 fits, where each of the ~397,000 zeros reads
-# as a false positive with probability K / 2**t: K = 2 halves them against K = 4 (both are
-# swept, and t = 8 and 9). Eight filter seeds per (K, t) keep the false positives that cost
-# least on validation; after 2 epochs of retraining fc2, fc1's two or four centroids (and its
-# bias) are fine-tuned with fc2 around the false positives. Epochs are few (DNS 6 + 2 after the
-# cut, fine-tuning on 20,000 images, the sweep's retraining on 10,000) to fit a run on the
-# shared 2-core machine.
+# (min_ratio). Dynamic network surgery takes fc1 to 99.3 % (~2,800 weights, the density Guo et
+# al. report there) with the other layers at Deep Compression's sparsities. A ribbon filter of
+# ~2,800 keys spends ~1.07 t bits per key: t = 8 fits (~3,000 B), t = 9 does not (~3,360 B;
+# 2,600 keys, i.e. 99.35 %, would fit at 3,071-3,143 B depending on the seed). Each of the
+# ~397,000 zeros reads as a false positive with probability K / 2**t: K = 2 halves them against
+# K = 4 (both are swept). Eight filter seeds per (K, t) keep the false positives that cost least
+# on validation; after 2 epochs of retraining fc2, fc1's centroids (and its bias) are fine-tuned
+# with fc2 around the false positives. Epochs are few (DNS 6 + 2 after the cut, fine-tuning on
+# 20,000 images, the sweep's retraining on 10,000) to fit a run on the shared 2-core machine.
 WEIGHTLESS: dict[str, WeightlessSettings] = {
     "lenet300": _weightless(
         "lenet300",
@@ -293,7 +292,7 @@ WEIGHTLESS: dict[str, WeightlessSettings] = {
     ),
     "lenet5": _weightless(
         "lenet5",
-        {"fc1.weight": LayerPlan(sparsity=0.9935, bits=1)},
+        {"fc1.weight": LayerPlan(sparsity=0.993, bits=1)},
         pruning="dns",
         prune={"epochs": 6},
         cut_epochs=2,
