@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 import torch
@@ -51,7 +51,7 @@ class SweepPoint:
     test_error: float
     clusters: int = 0
     seed: int = 0
-    seeds: tuple[dict, ...] = ()
+    seeds: list[dict] = field(default_factory=list)
 
 
 def validation_loss(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
@@ -167,7 +167,7 @@ def sweep_t(
             test_error=evaluate(model, splits.test),
             clusters=clusters,
             seed=kept_seed,
-            seeds=tuple(tried) if seeds > 1 else (),
+            seeds=tried if seeds > 1 else [],
         ))  # fmt: skip
         kept[t] = (record, copy.deepcopy(model.state_dict()))
     model.load_state_dict(start)
