@@ -319,3 +319,18 @@ def test_load_model_sources(tmp_path):
         api.load_model(tmp_path / "sd.pt", weights=tmp_path / "lin.pt")
     with pytest.raises(WeightcodecError, match="sd.pt does not fit Linear"):
         api.load_model("factory:build", weights=tmp_path / "sd.pt", search=[tmp_path])
+
+
+def test_deep_entropy_auto_keeps_the_smaller_coder():
+    g = torch.Generator().manual_seed(0)
+    sd = {"dense.weight": torch.randn(200, 100, generator=g), "sparse.weight": torch.randn(200, 100, generator=g)}
+    sizes = {}
+    for entropy in ("huffman", "ans", None):
+        rule = {"match": "*", "method": "deep", "clusters": 16, **({"entropy": entropy} if entropy else {})}
+        rules = [{"match": "sparse.weight", **rule, "sparsity": 0.95}, rule]
+        wcz = container.from_bytes(api.compress(sd, {"rule": rules}))
+        sizes[entropy] = {rec.name: (rec.nbytes, rec.encoded.meta["entropy"]) for rec in wcz.records}
+    for name in sd:
+        smaller = min(("huffman", "ans"), key=lambda e: sizes[e][name][0])
+        assert sizes[None][name] == sizes[smaller][name]
+    assert {sizes[None][name][1] for name in sd} == {"ans"}  # dense 16-cluster codes: fractional bits win

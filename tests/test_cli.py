@@ -321,7 +321,7 @@ def test_unsupported_version(run, weights, tmp_path):
     data = bytearray(encoded_file(run, weights, tmp_path))
     struct.pack_into("<H", data, 8, 7)
     err = decode_bad(run, tmp_path, bytes(data))
-    assert_one_line_error(err, "file uses .wcz format 7.0, this weightcodec reads up to 1.x; upgrade weightcodec to read it")
+    assert_one_line_error(err, "file uses .wcz format 7.0, this weightcodec reads up to 2.x; upgrade weightcodec to read it")
 
 
 def test_nan_weights(run, tmp_path):

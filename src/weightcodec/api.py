@@ -38,11 +38,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__, container, distributed, tensors
+from .codecs import deep
 from .errors import EncodeError, WeightcodecError
 from .recipe import CLUSTERED, PRUNED, Recipe, Rule, as_recipe, load_entry_point, load_hook
 from .simplify import cluster, prune
 
 __all__ = [
+    "AUTO_ENTROPY",
     "COMPRESSIBLE_MODULES",
     "Step",
     "compressible_names",
@@ -57,6 +59,9 @@ __all__ = [
 
 #: Module types whose ``weight`` is compressible; other tensors of a model are stored raw.
 COMPRESSIBLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+#: The deep codec's default entropy choice: encode with every coder of ``deep.ENTROPY_CODERS``
+#: (Huffman, ANS) and keep the smaller stream pair; a recipe may still name one coder.
+AUTO_ENTROPY = "auto"
 # Codecs whose encoder takes a seed (the Bloomier filter's hash seed).
 SEEDED_CODECS = frozenset({"weightless"})
 
@@ -344,31 +349,48 @@ def _encode(name: str, tensor: torch.Tensor, step: Step | None, seed: int) -> co
     params = dict(step.rule.codec_params)
     if step.rule.method in SEEDED_CODECS:
         params["seed"] = seed
+    if step.rule.method == deep.NAME and params.get("entropy", AUTO_ENTROPY) == AUTO_ENTROPY:
+        candidates = [
+            tensors.encode_tensor(name, tensor, deep.NAME, **{**params, "entropy": coder}) for coder in deep.ENTROPY_CODERS
+        ]
+        return min(candidates, key=lambda record: record.nbytes)  # ties: the first coder (Huffman, the paper's)
     return tensors.encode_tensor(name, tensor, step.rule.method, **params)
 
 
 # ----------------------------------------------------------------------------- loading
 
 
-def load(path: str | os.PathLike) -> StateDict:
+def load(path: str | os.PathLike, *, max_bytes: int | None = None) -> StateDict:
     """Read a ``.wcz`` file into a state_dict, each tensor in the dtype it was saved with.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    max_bytes : int, optional
+        Memory budget for the decoded tensors, all together. A few bytes of a file can claim a
+        huge tensor, so the declared sizes are summed and checked before anything is decoded.
+        Default: the memory available to the process (``MemAvailable`` on Linux), which a
+        normal model never reaches.
 
     Raises
     ------
     WeightcodecError
         If the file is missing or unreadable; :class:`~weightcodec.errors.FormatError` or
-        :class:`~weightcodec.errors.CorruptFileError` if it is not a valid ``.wcz`` file.
+        :class:`~weightcodec.errors.CorruptFileError` if it is not a valid ``.wcz`` file;
+        :class:`~weightcodec.errors.MemoryBudgetError` if it decodes to more than ``max_bytes``.
     """
-    return tensors.decode_file(container.read(path))
+    return tensors.decode_file(container.read(path), max_bytes=max_bytes)
 
 
-def load_bytes(data: bytes) -> StateDict:
+def load_bytes(data: bytes, *, max_bytes: int | None = None) -> StateDict:
     """Like :func:`load`, from the bytes :func:`compress` returned."""
-    return tensors.decode_file(container.from_bytes(data))
+    return tensors.decode_file(container.from_bytes(data), max_bytes=max_bytes)
 
 
-def load_into(model: nn.Module, path: str | os.PathLike, *, strict: bool = True):
+def load_into(model: nn.Module, path: str | os.PathLike, *, strict: bool = True, max_bytes: int | None = None):
     """Load a ``.wcz`` file into ``model`` (as :meth:`torch.nn.Module.load_state_dict`).
+
+    ``max_bytes`` is the memory budget of :func:`load`.
 
     Returns
     -------
@@ -380,7 +402,7 @@ def load_into(model: nn.Module, path: str | os.PathLike, *, strict: bool = True)
     WeightcodecError
         If the file cannot be read, or its tensors do not fit ``model`` (names or shapes).
     """
-    return _load_state(model, load(path), path, strict=strict)
+    return _load_state(model, load(path, max_bytes=max_bytes), path, strict=strict)
 
 
 def _load_state(model: nn.Module, state: StateDict, source, *, strict: bool = True):

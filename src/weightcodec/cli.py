@@ -8,6 +8,7 @@ stderr), 2 bad arguments, 3 an internal error (a bug: rerun with ``--debug`` for
 ::
 
     weightcodec encode model.pt -o model.wcz --codec deep --clusters 16 --sparsity 0.8
+    weightcodec encode model.safetensors -o model.wcz --size 10MB      (or --ratio 8)
     weightcodec decode model.wcz -o restored.safetensors
     weightcodec decode model.wcz --onnx model.onnx -o compressed.onnx
     weightcodec inspect model.wcz [--json] [--plot bytes.png]
@@ -31,6 +32,7 @@ from typing import Sequence
 import torch
 
 from . import __version__, api, container, distributed, report, tensors
+from .allocate import encode_to_size, parse_size
 from .codecs import deep, weightless
 from .errors import WeightcodecError
 from .pipelines.models import MODELS
@@ -125,10 +127,14 @@ def _add_encode(commands, common) -> None:
     p.add_argument("--t", type=int, help="weightless: bits per filter cell (required); zeros decode non-zero with probability K / 2**t")
     p.add_argument("--filter", help=f"weightless: retrieval filter, one of {', '.join(weightless.FILTER_CHOICES)} "
                    f"(default {weightless.DEFAULT_FILTER}: build each, keep the smallest)")
-    p.add_argument("--entropy", help=f"deep: entropy coder of both streams, one of {', '.join(sorted(deep.ENTROPY_CODERS))}")
+    p.add_argument("--entropy", help=f"deep: entropy coder of both streams, one of {', '.join(sorted(deep.ENTROPY_CODERS))}, "
+                   f"or {api.AUTO_ENTROPY} (default: each, keeping the smaller)")
     p.add_argument("--index-bits", type=_index_bits, help="deep: gap field width in bits, or 'auto'")
     p.add_argument("--init", help=f"k-means initialisation, one of {', '.join(sorted(cluster.INITS))} (default linear)")
     p.add_argument("--recipe", type=Path, help="a TOML recipe instead of the codec options")
+    p.add_argument("--size", type=_size, help="byte budget for the whole file (10MB, 10M, 10485760, 9.5MiB): "
+                   "each tensor's quantizer and step are chosen for the least weight error that fits")
+    p.add_argument("--ratio", type=float, help="like --size, as the input's bytes divided by RATIO")
     p.add_argument("--seed", type=int, default=0, help="seed of random choices (default 0)")
     p.set_defaults(run=_run_encode)
 
@@ -139,6 +145,7 @@ def _add_decode(commands, common) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="OUT.pt, OUT.safetensors, or OUT.onnx with --onnx")
     p.add_argument("--onnx", type=Path, metavar="MODEL.onnx",
                    help="write the weights into this ONNX graph's initializers (matched by name)")
+    _add_max_memory(p, "a file whose tensors decode to more is refused before anything is decoded")
     p.set_defaults(run=_run_decode)
 
 
@@ -147,7 +154,14 @@ def _add_inspect(commands, common) -> None:
     p.add_argument("input", type=Path, help="the .wcz file")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="draw bytes per tensor and weight histograms")
+    _add_max_memory(p, "a tensor that decodes to more gets only its header's figures")
     p.set_defaults(run=_run_inspect)
+
+
+def _add_max_memory(p, effect: str) -> None:
+    p.add_argument("--max-memory", type=_byte_size, metavar="SIZE",
+                   help=f"memory budget of the decoded tensors, like 2G, 512M or plain bytes (default: the "
+                   f"memory available); {effect}")
 
 
 def _add_compress(commands, common) -> None:
@@ -202,6 +216,22 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _byte_size(text: str) -> int:
+    """An argparse type: bytes as ``123``, ``512K``, ``512M``, ``2G``, ``1.5T`` (powers of 1024; ``B``/``iB`` optional)."""
+    number = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = number[-1:] if number[-1:] in BYTE_UNITS else ""
+    try:
+        value = float(number[: len(number) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 2**63 / BYTE_UNITS[unit]:
+        raise argparse.ArgumentTypeError(f"expected a size like 2G, 512M or a number of bytes, got {text!r}")
+    return int(value * BYTE_UNITS[unit])
+
+
 def _index_bits(text: str) -> int | str:
     if text == "auto":
         return text
@@ -219,6 +249,9 @@ def _run_encode(args: argparse.Namespace) -> None:
     given = [f"--{flag.replace('_', '-')}" for flag, key in CODEC_OPTIONS if options[key] is not None]
     if args.codec is not None:
         given.insert(0, "--codec")
+    if args.size is not None or args.ratio is not None:
+        _run_encode_to_size(args, given + (["--recipe"] if args.recipe else []))
+        return
     if args.recipe is not None and given:
         raise WeightcodecError(f"give either --recipe or --codec with its options, not both (got --recipe and {', '.join(given)})")
     if args.recipe is None and args.codec is None:
@@ -250,16 +283,34 @@ def _write(data: bytes, path: Path) -> None:
     _say(f"wrote {path}: {report.headline(container.from_bytes(data))}")
 
 
+def _run_encode_to_size(args: argparse.Namespace, given: list[str]) -> None:
+    if given:
+        raise WeightcodecError(f"--size / --ratio choose the codecs themselves; drop {', '.join(given)}")
+    if args.size is not None and args.ratio is not None:
+        raise WeightcodecError("give either --size or --ratio, not both")
+    state = tensors.load_state_dict(args.input)
+    result = encode_to_size(state, args.output, size=args.size, ratio=args.ratio, seed=args.seed, progress=not args.quiet)
+    _say(f"wrote {args.output}: {result['file_bytes']} bytes (budget {result['budget']}), "
+         f"relative weight error {result['relative_error']:.4f}, {result['seconds']:.1f} s")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except WeightcodecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _run_decode(args: argparse.Namespace) -> None:
     if args.onnx is None:
-        tensors.save_state_dict(api.load(args.input), args.output)
+        tensors.save_state_dict(api.load(args.input, max_bytes=args.max_memory), args.output)
         _say(f"wrote {args.output}")
         return
     from .onnx_export import export_onnx
 
     if args.output.suffix != ".onnx":
         raise WeightcodecError(f"{args.output}: with --onnx the output must be an .onnx file")
-    left_out = export_onnx(container.read(args.input), args.onnx, args.output)
+    left_out = export_onnx(container.read(args.input), args.onnx, args.output, max_bytes=args.max_memory)
     _say(f"wrote {args.output}")
     if left_out:
         _say(f"note: {len(left_out)} raw tensors have no initializer in {args.onnx} and were left out: {', '.join(left_out)}")
@@ -267,10 +318,10 @@ def _run_decode(args: argparse.Namespace) -> None:
 
 def _run_inspect(args: argparse.Namespace) -> None:
     wcz = container.read(args.input)
-    summary = report.summarize(wcz)
+    summary = report.summarize(wcz, max_bytes=args.max_memory)
     _say(json.dumps(summary, indent=2) if args.json else f"{args.input}: {report.headline(wcz)}\n\n{report.format_table(summary)}")
     if args.plot is not None:
-        report.plot(wcz, summary, args.plot)
+        report.plot(wcz, summary, args.plot, max_bytes=args.max_memory)
         if not args.json:
             _say(f"wrote {args.plot}")
 

@@ -1,30 +1,34 @@
-"""The ``.wcz`` container: a 20-byte preamble, a JSON header, then checksummed raw sections.
+"""The ``.wcz`` container: a 20-byte preamble, a header (:mod:`weightcodec.header`), then checksummed raw sections.
 
-The exact layout is specified in ``docs/format.md``; this module is its only implementation.
+The exact layout is specified in ``docs/format.md``; this module and :mod:`weightcodec.header` are its
+only implementation.
 It knows nothing about training or torch: it stores :class:`~weightcodec.codecs.Encoded`
 tensors under names and gives NumPy arrays back, decoding each with the codec named in the file.
 
 Reading trusts nothing: lengths and offsets are checked against the file size before any
 allocation, every section's CRC-32 is verified before it is decoded, and no code from the file
-is ever executed.
+is ever executed. A few header bytes may claim a huge tensor, so decoding is bounded by a
+memory budget (``max_bytes``, by default the memory available): the declared output sizes of
+all tensors are summed and checked against it before anything is decoded.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
 import tempfile
 import zlib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from .codecs import Encoded, get_codec, raw
-from .errors import CorruptFileError, FormatError, WeightcodecError
+from .errors import CorruptFileError, FormatError, MemoryBudgetError, WeightcodecError
+from .header import MAX_HEADER_BYTES, clip, decode_header, encode_header, is_text
 
 __all__ = [
     "MAGIC",
@@ -37,17 +41,22 @@ __all__ = [
     "read",
     "atomic_write_bytes",
     "check_writable",
+    "available_memory",
+    "decoded_nbytes",
+    "check_budget",
 ]
 
 MAGIC = b"\x89WCZ\r\n\x1a\n"
-VERSION = (1, 0)
+VERSION = (2, 0)  # written; majors 1 and 2 are read (docs/format.md, "Versioning")
 PREAMBLE = struct.Struct("<8sHHII")  # magic, version_major, version_minor, header_length, header_crc32
 CRC_OFFSET = 16  # the header CRC covers preamble bytes 0..15 and then the header
-MAX_HEADER_BYTES = 64 * 1024 * 1024
-MAX_TENSORS = 1_000_000
 MAX_DIMS = 8
 MAX_ELEMENTS = 2**40
 DECODED_ITEMSIZE = 4  # codecs other than raw decode to float32
+# How a user raises the decoding budget, named in the error that refuses a file.
+BUDGET_OPTIONS = "`weightcodec decode --max-memory SIZE` or `weightcodec.load(path, max_bytes=...)`"
+# Exceptions a codec may raise on data it was not written to handle; reported as corruption.
+CODEC_DATA_ERRORS = (KeyError, ValueError, TypeError, IndexError, ArithmeticError)
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 
@@ -74,62 +83,149 @@ class WczFile:
     records: tuple[TensorRecord, ...]
     file_bytes: int
     header_bytes: int
+    # name -> record: finding a tensor costs O(1), so decoding n tensors costs O(n)
+    index: dict[str, TensorRecord] = field(init=False, repr=False, compare=False)
 
-    def decode(self, name: str) -> np.ndarray:
-        """Decode one tensor to a NumPy array (raw dtype for ``raw``, float32 otherwise)."""
+    def __post_init__(self):
+        object.__setattr__(self, "index", {rec.name: rec for rec in self.records})
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of all decoded tensors, as the header declares them (:func:`decoded_nbytes`)."""
+        return sum(decoded_nbytes(rec) for rec in self.records)
+
+    def check_budget(self, max_bytes: int | None = None) -> None:
+        """Refuse the file if decoding all its tensors would exceed ``max_bytes`` (see :func:`check_budget`)."""
+        check_budget(self.records, max_bytes)
+
+    def decode(self, name: str, *, max_bytes: int | None = None) -> np.ndarray:
+        """Decode one tensor to a NumPy array (raw dtype for ``raw``, float32 otherwise).
+
+        Raises
+        ------
+        MemoryBudgetError
+            If the tensor's decoded size exceeds ``max_bytes`` (default: the memory available).
+        CorruptFileError, FormatError
+            If its data cannot be decoded.
+        """
         record = self.record(name)
-        codec = get_codec(record.encoded.codec)
-        _check_decoded_size(record)
-        try:
-            array = codec.decode(record.encoded.meta, record.encoded.sections, record.shape)
-        except WeightcodecError:
-            raise
-        except MemoryError:
-            raise WeightcodecError(
-                f"tensor {name!r} of shape {list(record.shape)} does not fit in the memory available to decode it"
-            ) from None
-        except (KeyError, ValueError, TypeError, IndexError, OverflowError) as exc:
-            raise CorruptFileError(f"tensor {name!r}: cannot decode {record.encoded.codec} data: {exc}") from exc
-        if tuple(array.shape) != record.shape:
-            raise CorruptFileError(f"tensor {name!r} decoded to shape {array.shape}, header says {record.shape}")
-        return array
+        check_budget([record], max_bytes)
+        return decode_record(record)
+
+    def describe(self, name: str, *, measure: bool = True) -> dict:
+        """The codec's figures for ``inspect`` (its ``describe``); ``measure=False`` decodes nothing."""
+        record = self.record(name)
+        encoded = record.encoded
+        codec = get_codec(encoded.codec)
+        return _codec_call(record, lambda: codec.describe(encoded.meta, encoded.sections, record.shape, measure=measure))
 
     def record(self, name: str) -> TensorRecord:
         """The record called ``name``; the error lists the available names."""
-        for rec in self.records:
-            if rec.name == name:
-                return rec
-        raise KeyError(f"no tensor {name!r} in file; it holds {[r.name for r in self.records]}")
+        try:
+            return self.index[name]
+        except KeyError:
+            raise KeyError(f"no tensor {name!r} in file; it holds {list(self.index)}") from None
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Decode every tensor, in file order."""
-        return {rec.name: self.decode(rec.name) for rec in self.records}
+    def arrays(self, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+        """Decode every tensor, in file order, after checking the whole file against the budget."""
+        check_budget(self.records, max_bytes)
+        return {rec.name: decode_record(rec) for rec in self.records}
 
 
-def _check_decoded_size(record: TensorRecord) -> None:
-    """Refuse a tensor whose decoded values would not fit in this machine's memory.
+def decode_record(record: TensorRecord) -> np.ndarray:
+    """Decode one record with its codec; any failure on its data is a :class:`CorruptFileError`.
 
-    A sparse codec can describe a huge tensor in a few bytes (an all-zero layer of 2^40
-    elements is a valid file), so the decoded size is bounded here, before the codec allocates
-    or loops over it. A raw tensor's bytes are in the file already and need no bound.
+    The caller bounds its memory first (:func:`check_budget`).
+    """
+    encoded = record.encoded
+    codec = get_codec(encoded.codec)
+    array = _codec_call(record, lambda: codec.decode(encoded.meta, encoded.sections, record.shape))
+    if tuple(array.shape) != record.shape:
+        raise CorruptFileError(f"tensor {record.name!r} decoded to shape {array.shape}, header says {record.shape}")
+    return array
+
+
+def _codec_call(record: TensorRecord, call):
+    """``call()``, with what a codec raises on bad data turned into errors that name the tensor."""
+    try:
+        return call()
+    except WeightcodecError:
+        raise
+    except MemoryError:
+        raise MemoryBudgetError(
+            f"tensor {record.name!r} of shape {list(record.shape)} does not fit in the memory available to decode it"
+        ) from None
+    except CODEC_DATA_ERRORS as exc:
+        raise CorruptFileError(f"tensor {record.name!r}: cannot decode {record.encoded.codec} data: {exc}") from exc
+
+
+def decoded_nbytes(record: TensorRecord) -> int:
+    """Bytes of the array ``record`` decodes to, from its header entry alone.
+
+    A raw tensor decodes to a copy of its data section; every other codec to float32 of the
+    tensor's shape, however few bytes it stores (an all-zero layer of 2^40 elements is a
+    valid file of a few hundred bytes).
     """
     if record.encoded.codec == raw.NAME:
+        return sum(len(data) for data in record.encoded.sections.values())
+    return math.prod(record.shape) * DECODED_ITEMSIZE
+
+
+def check_budget(records: Iterable[TensorRecord], max_bytes: int | None = None) -> None:
+    """Refuse to decode ``records`` together if their decoded bytes exceed ``max_bytes``.
+
+    Parameters
+    ----------
+    records : iterable of TensorRecord
+        The tensors to be decoded and kept together.
+    max_bytes : int, optional
+        The budget; None means :func:`available_memory` (no bound where the platform does not
+        say), which a normal model never reaches.
+
+    Raises
+    ------
+    MemoryBudgetError
+        Naming the bytes needed, the largest tensors, the budget and the option that raises it.
+    """
+    records = list(records)
+    needed = sum(decoded_nbytes(rec) for rec in records)
+    budget = available_memory() if max_bytes is None else max_bytes
+    if budget is None or needed <= budget:
         return
-    needed = math.prod(record.shape) * DECODED_ITEMSIZE
-    available = _physical_memory()
-    if available is not None and needed > available:
-        raise WeightcodecError(
-            f"tensor {record.name!r} of shape {list(record.shape)} decodes to {needed} bytes, "
-            f"more than this machine's {available} bytes of memory"
-        )
+    largest = sorted(records, key=decoded_nbytes, reverse=True)[:3]
+    shown = ", ".join(f"{rec.name!r} {list(rec.shape)} {_size(decoded_nbytes(rec))}" for rec in largest)
+    source = "the memory available" if max_bytes is None else "max_bytes"
+    raise MemoryBudgetError(
+        f"decoding {len(records)} tensor{'s' if len(records) != 1 else ''} needs {_size(needed)}, more than the budget of {_size(budget)} "
+        f"({source}); largest: {shown}. If you trust this file and have the memory, raise the budget "
+        f"with {BUDGET_OPTIONS}"
+    )
 
 
-def _physical_memory() -> int | None:
-    """Bytes of physical memory, or None where the platform does not say (then MemoryError decides)."""
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (Linux ``MemAvailable``), or None if unknown.
+
+    Where ``/proc/meminfo`` is missing, the free physical pages (``os.sysconf``) are used.
+    """
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the value is in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def _size(nbytes: int) -> str:
+    """``nbytes`` for a person: ``"3.0 GiB (3221225472 bytes)"``."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit} ({nbytes} bytes)"
+    return f"{nbytes} bytes"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -157,10 +253,7 @@ def to_bytes(records: Iterable[TensorRecord], metadata: Mapping[str, str] | None
                 "sections": sections,
             }
         )
-    header_obj = {"metadata": dict(metadata or {}), "tensors": entries}
-    header = json.dumps(header_obj, separators=(",", ":"), sort_keys=False, allow_nan=False).encode("utf-8")
-    if len(header) > MAX_HEADER_BYTES:
-        raise WeightcodecError(f"header is {len(header)} bytes; the format allows at most {MAX_HEADER_BYTES}")
+    header = encode_header(metadata or {}, entries)
     fixed = PREAMBLE.pack(MAGIC, VERSION[0], VERSION[1], len(header), 0)[:CRC_OFFSET]
     preamble = fixed + struct.pack("<I", zlib.crc32(header, zlib.crc32(fixed)))
     return b"".join([preamble, header, *chunks])
@@ -222,8 +315,7 @@ def check_writable(path: str | os.PathLike) -> Path:
 
 
 def _check_records(records: list[TensorRecord]) -> None:
-    names = [r.name for r in records]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(name for name, times in Counter(r.name for r in records).items() if times > 1)
     if duplicates:
         raise WeightcodecError(f"tensor names must be unique; repeated: {duplicates}")
     bad_dtypes = [(r.name, r.dtype) for r in records if r.dtype not in DTYPES]
@@ -252,11 +344,14 @@ def read(path: str | os.PathLike) -> WczFile:
 
 
 def from_bytes(data: bytes) -> WczFile:
-    """Parse the bytes of a ``.wcz`` file; raise :class:`FormatError` / :class:`CorruptFileError`."""
-    data = memoryview(bytes(data))
-    header_len = _parse_preamble(data)
-    header_bytes = bytes(data[PREAMBLE.size : PREAMBLE.size + header_len])
-    header = _parse_header(header_bytes)
+    """Parse the bytes of a ``.wcz`` file; raise :class:`FormatError` / :class:`CorruptFileError`.
+
+    Sections are views of ``data`` (not copies): parsing costs memory in proportion to the
+    header, whatever the tensors claim.
+    """
+    data = memoryview(data if isinstance(data, bytes) else bytes(data))
+    major, header_len = _parse_preamble(data)
+    header = decode_header(data[PREAMBLE.size : PREAMBLE.size + header_len], major)
     data_area = data[PREAMBLE.size + header_len :]
     records = _parse_tensors(header["tensors"], data_area)
     return WczFile(
@@ -267,7 +362,8 @@ def from_bytes(data: bytes) -> WczFile:
     )
 
 
-def _parse_preamble(data: memoryview) -> int:
+def _parse_preamble(data: memoryview) -> tuple[int, int]:
+    """The format's major version and the header length, after checking the header's CRC."""
     if len(data) == 0:
         raise FormatError("the file is empty (0 bytes), not a .wcz file")
     if len(data) < len(MAGIC) or bytes(data[: len(MAGIC)]) != MAGIC:
@@ -290,23 +386,7 @@ def _parse_preamble(data: memoryview) -> int:
         )
     if zlib.crc32(data[PREAMBLE.size : PREAMBLE.size + header_len], zlib.crc32(data[:CRC_OFFSET])) != header_crc:
         raise CorruptFileError("header checksum mismatch: the file is corrupted")
-    return header_len
-
-
-def _parse_header(header_bytes: bytes) -> dict[str, Any]:
-    try:
-        header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CorruptFileError(f"header is not valid UTF-8 JSON: {exc}") from None
-    if not isinstance(header, dict) or not isinstance(header.get("tensors"), list):
-        raise CorruptFileError("header must be a JSON object with a 'tensors' list")
-    metadata = header.get("metadata", {})
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise CorruptFileError("header 'metadata' must map strings to strings")
-    if len(header["tensors"]) > MAX_TENSORS:
-        raise CorruptFileError(f"header lists {len(header['tensors'])} tensors; the limit is {MAX_TENSORS}")
-    header["metadata"] = metadata
-    return header
+    return major, header_len
 
 
 def _parse_tensors(entries: list, data_area: memoryview) -> list[TensorRecord]:
@@ -314,7 +394,7 @@ def _parse_tensors(entries: list, data_area: memoryview) -> list[TensorRecord]:
     for index, entry in enumerate(entries):
         name, dtype, shape, codec, meta, sections = _check_entry(index, entry)
         if name in names:
-            raise CorruptFileError(f"tensor name {name!r} appears twice")
+            raise CorruptFileError(f"corrupted header: tensor name {name!r} appears twice")
         names.add(name)
         section_bytes = {}
         for sec in sections:
@@ -329,7 +409,7 @@ def _parse_tensors(entries: list, data_area: memoryview) -> list[TensorRecord]:
                     f"file is truncated: tensor {name!r} section {sec_name!r} ends at {offset + length}, "
                     f"data area has {len(data_area)} bytes"
                 )
-            chunk = bytes(data_area[offset : offset + length])
+            chunk = data_area[offset : offset + length]
             if zlib.crc32(chunk) != crc:
                 raise CorruptFileError(f"tensor {name!r} section {sec_name!r}: checksum mismatch, the file is corrupted")
             if sec_name in section_bytes:
@@ -346,13 +426,13 @@ def _parse_tensors(entries: list, data_area: memoryview) -> list[TensorRecord]:
 
 def _check_entry(index: int, entry: Any):
     if not isinstance(entry, dict):
-        raise CorruptFileError(f"tensor entry {index} is not a JSON object")
+        raise CorruptFileError(f"corrupted header: tensor entry {index} is not a JSON object")
     name, dtype, shape = entry.get("name"), entry.get("dtype"), entry.get("shape")
     codec, meta, sections = entry.get("codec"), entry.get("meta", {}), entry.get("sections")
-    if not isinstance(name, str) or not 1 <= len(name) <= 1024:
-        raise CorruptFileError(f"tensor entry {index}: 'name' must be a string of 1..1024 characters")
+    if not is_text(name) or not 1 <= len(name) <= 1024:
+        raise CorruptFileError(f"corrupted header: tensor entry {index}: 'name' must be a string of 1..1024 characters")
     if dtype not in DTYPES:
-        raise CorruptFileError(f"tensor {name!r}: dtype {dtype!r} is not one of {list(DTYPES)}")
+        raise CorruptFileError(f"corrupted header: tensor {name!r}: dtype {clip(repr(dtype))} is not one of {list(DTYPES)}")
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_DIMS
@@ -360,16 +440,16 @@ def _check_entry(index: int, entry: Any):
         or math.prod(shape) > MAX_ELEMENTS
     ):
         raise CorruptFileError(
-            f"tensor {name!r}: shape {shape!r} must be a list of at most {MAX_DIMS} non-negative ints "
-            f"with at most 2^40 elements"
+            f"corrupted header: tensor {name!r}: shape {clip(repr(shape))} must be a list of at most {MAX_DIMS} "
+            f"non-negative ints with at most 2^40 elements"
         )
     if not isinstance(codec, str):
-        raise CorruptFileError(f"tensor {name!r}: 'codec' must be a string")
+        raise CorruptFileError(f"corrupted header: tensor {name!r}: 'codec' must be a string")
     get_codec(codec)  # unknown codec -> FormatError naming it
     if not isinstance(meta, dict):
-        raise CorruptFileError(f"tensor {name!r}: 'meta' must be a JSON object")
+        raise CorruptFileError(f"corrupted header: tensor {name!r}: 'meta' must be a JSON object")
     if not isinstance(sections, list):
-        raise CorruptFileError(f"tensor {name!r}: 'sections' must be a list")
+        raise CorruptFileError(f"corrupted header: tensor {name!r}: 'sections' must be a list")
     return name, dtype, tuple(shape), codec, meta, sections
 
 
@@ -377,9 +457,11 @@ def _check_section(name: str, sec: Any) -> tuple[str, int, int, int]:
     if (
         not isinstance(sec, list)
         or len(sec) != 4
-        or not isinstance(sec[0], str)
+        or not is_text(sec[0])
         or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sec[1:])
         or sec[3] >= 2**32
     ):
-        raise CorruptFileError(f"tensor {name!r}: section {sec!r} must be [name, offset, length, crc32]")
+        raise CorruptFileError(
+            f"corrupted header: tensor {name!r}: section {clip(repr(sec))} must be [name, offset, length, crc32]"
+        )
     return sec[0], sec[1], sec[2], sec[3]

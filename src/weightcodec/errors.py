@@ -4,7 +4,7 @@ Every error the toolkit raises on purpose derives from :class:`WeightcodecError`
 caller (and the CLI) can tell a user mistake or a bad file from a bug.
 """
 
-__all__ = ["WeightcodecError", "FormatError", "CorruptFileError", "EncodeError", "DataError"]
+__all__ = ["WeightcodecError", "FormatError", "CorruptFileError", "MemoryBudgetError", "EncodeError", "DataError"]
 
 
 class WeightcodecError(Exception):
@@ -17,6 +17,10 @@ class FormatError(WeightcodecError):
 
 class CorruptFileError(FormatError):
     """The file is a .wcz file but is damaged: truncated, a checksum mismatch, inconsistent lengths."""
+
+
+class MemoryBudgetError(WeightcodecError):
+    """Decoding a file would need more memory than its budget (``--max-memory`` / ``max_bytes``)."""
 
 
 class EncodeError(WeightcodecError):

@@ -50,7 +50,9 @@ def _torch_dtypes(onnx) -> dict[int, torch.dtype]:
     }
 
 
-def export_onnx(wcz: container.WczFile, model_path: str | os.PathLike, out_path: str | os.PathLike) -> list[str]:
+def export_onnx(
+    wcz: container.WczFile, model_path: str | os.PathLike, out_path: str | os.PathLike, *, max_bytes: int | None = None
+) -> list[str]:
     """Write ``model_path`` with its initializers replaced by the tensors of ``wcz`` to ``out_path``.
 
     Parameters
@@ -61,6 +63,8 @@ def export_onnx(wcz: container.WczFile, model_path: str | os.PathLike, out_path:
         The user's ONNX model whose initializers are named like the state_dict keys.
     out_path : str or os.PathLike
         Where to write the new model (atomically; nothing is written if anything fails).
+    max_bytes : int, optional
+        Memory budget of the decoded tensors, as for :func:`weightcodec.load`.
 
     Returns
     -------
@@ -77,7 +81,7 @@ def export_onnx(wcz: container.WczFile, model_path: str | os.PathLike, out_path:
     """
     onnx = _onnx()
     model = _load_model(onnx, Path(model_path))
-    state = tensors.decode_file(wcz)
+    state = tensors.decode_file(wcz, max_bytes=max_bytes)
     found = _initializers(model.graph)
     compressed = {r.name for r in wcz.records if r.encoded.codec != raw.NAME}
     missing = [name for name in compressed if name not in found]

@@ -21,7 +21,7 @@ always a typo.
     clusters = 32                   # K shared values per layer (default 32)
     init = "linear"                 # k-means initialisation
     index_bits = "auto"             # deep only: gap field width, or "auto"
-    entropy = "huffman"             # deep only: entropy coder of both streams
+    entropy = "auto"                # deep only: "huffman", "ans", or "auto" (default): the smaller
 
     [training]
     hook = "my_training:retrain"    # optional: called as retrain(model, stage)

@@ -5,8 +5,13 @@ codec, fraction of non-zeros, shared values (and the ``K`` the stored recipe ask
 per non-zero (weightless), the bytes of each section, the compression ratio against float32,
 and the size against the codec's lower bound (``bound_bytes``: the entropy of the streams for
 deep, ``n * t`` bits for a weightless table). Totals include the file's header. Everything is
-computed from the file alone: each codec's ``describe`` reads its stored sections, and the
-tensors are decoded to count non-zeros (and, for weightless, the false positives).
+computed from the file alone: each codec's ``describe`` reads its stored sections.
+
+A header may claim tensors far larger than the file, so the figures that need a decode (the
+deep streams' statistics, a weightless table's measured false positives) are computed only for
+tensors whose decoded size fits the memory budget (``max_bytes``, by default the memory
+available, as for decoding); the others are left out (None, ``-`` in the table) with a note.
+The rest costs memory and time in proportion to the file.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from . import container
-from .codecs import get_codec
 from .errors import EncodeError
 from .recipe import clusters_asked
 
@@ -41,7 +45,7 @@ def headline(wcz: container.WczFile) -> str:
     >>> from weightcodec.codecs import deep
     >>> rec = container.TensorRecord("w", "float32", (64, 64), deep.encode(np.eye(64, dtype=np.float32)))
     >>> headline(container.from_bytes(container.to_bytes([rec])))
-    '1 tensors, 4096 values, 276 bytes (header 258): 59.4x smaller than float32 (16384 bytes)'
+    '1 tensors, 4096 values, 100 bytes (header 82): 163.8x smaller than float32 (16384 bytes)'
     """
     elements = sum(math.prod(r.shape) for r in wcz.records)
     ratio = _ratio(FLOAT32_BYTES * elements, wcz.file_bytes)
@@ -51,12 +55,15 @@ def headline(wcz: container.WczFile) -> str:
     )
 
 
-def summarize(wcz: container.WczFile) -> dict[str, Any]:
+def summarize(wcz: container.WczFile, *, max_bytes: int | None = None) -> dict[str, Any]:
     """Per-tensor figures and totals of a parsed file, as plain JSON-able values.
 
     Parameters
     ----------
     wcz : weightcodec.container.WczFile
+    max_bytes : int, optional
+        Memory budget of one tensor's decode (default: the memory available). A tensor that
+        decodes to more gets only the figures its header and sections give, and a note.
 
     Returns
     -------
@@ -66,32 +73,43 @@ def summarize(wcz: container.WczFile) -> dict[str, Any]:
         ``section_bytes``, ``bound_bytes``, ``overhead_percent``, ``ratio``, ``clusters_asked`` (the
         K of the recipe stored in the metadata, or None) and ``describe``, the
         codec's own figures, e.g. ``n``, ``m``, ``t`` and the expected and measured false
-        positives of a weightless table) and ``totals``.
+        positives of a weightless table), ``totals`` and ``notes`` (the tensors left unmeasured;
+        their unmeasured figures, and the totals that need them, are None).
 
     Raises
     ------
     FormatError, CorruptFileError
         If a tensor cannot be decoded.
     """
+    budget = container.available_memory() if max_bytes is None else max_bytes
     asked = _clusters_asked(wcz)
-    rows = [{**_tensor_row(wcz, record), "clusters_asked": asked.get(record.name)} for record in wcz.records]
+    rows, notes = [], []
+    for record in wcz.records:
+        needed = container.decoded_nbytes(record)
+        measure = budget is None or needed <= budget
+        rows.append({**_tensor_row(wcz, record, measure), "clusters_asked": asked.get(record.name)})
+        if not measure:
+            notes.append(
+                f"{record.name}: not decoded (needs {needed} bytes, above the budget of {budget}); "
+                "figures that need a decode are left out, raise the budget with --max-memory SIZE"
+            )
     return {
         "file_bytes": wcz.file_bytes,
         "header_bytes": wcz.header_bytes,
         "metadata": dict(wcz.metadata),
         "tensors": rows,
         "totals": _totals(rows, wcz),
+        "notes": notes,
     }
 
 
-def _tensor_row(wcz: container.WczFile, record: container.TensorRecord) -> dict[str, Any]:
+def _tensor_row(wcz: container.WczFile, record: container.TensorRecord, measure: bool) -> dict[str, Any]:
     encoded = record.encoded
-    described = get_codec(encoded.codec).describe(encoded.meta, encoded.sections, record.shape)
-    array = wcz.decode(record.name)
-    elements = int(array.size)
-    nonzero = int(np.count_nonzero(array))
+    described = wcz.describe(record.name, measure=measure)
+    elements = math.prod(record.shape)
+    nonzero = described.get("nonzero")
     nbytes = encoded.nbytes
-    bound = float(described["bound_bytes"])
+    bound = described["bound_bytes"]
     return {
         "name": record.name,
         "shape": list(record.shape),
@@ -99,11 +117,11 @@ def _tensor_row(wcz: container.WczFile, record: container.TensorRecord) -> dict[
         "codec": encoded.codec,
         "elements": elements,
         "nonzero": nonzero,
-        "nonzero_percent": _percent(nonzero, elements),
+        "nonzero_percent": None if nonzero is None else _percent(nonzero, elements),
         "bytes": nbytes,
         "section_bytes": {name: len(data) for name, data in encoded.sections.items()},
-        "bound_bytes": bound,
-        "overhead_percent": _percent(nbytes - bound, bound),
+        "bound_bytes": None if bound is None else float(bound),
+        "overhead_percent": None if bound is None else _percent(nbytes - bound, bound),
         "ratio": _ratio(FLOAT32_BYTES * elements, nbytes),
         "describe": described,
     }
@@ -119,22 +137,28 @@ def _clusters_asked(wcz: container.WczFile) -> dict[str, int]:
 
 def _totals(rows: list[dict[str, Any]], wcz: container.WczFile) -> dict[str, Any]:
     elements = sum(r["elements"] for r in rows)
-    nonzero = sum(r["nonzero"] for r in rows)
+    nonzero = _sum_known(r["nonzero"] for r in rows)
     payload = sum(r["bytes"] for r in rows)
-    bound = sum(r["bound_bytes"] for r in rows)
+    bound = _sum_known(r["bound_bytes"] for r in rows)
     return {
         "tensors": len(rows),
         "elements": elements,
         "nonzero": nonzero,
-        "nonzero_percent": _percent(nonzero, elements),
+        "nonzero_percent": None if nonzero is None else _percent(nonzero, elements),
         "payload_bytes": payload,
         "header_bytes": wcz.header_bytes,
         "file_bytes": wcz.file_bytes,
         "float32_bytes": FLOAT32_BYTES * elements,
         "ratio": _ratio(FLOAT32_BYTES * elements, wcz.file_bytes),
         "bound_bytes": bound,
-        "overhead_percent": _percent(wcz.file_bytes - bound, bound),
+        "overhead_percent": None if bound is None else _percent(wcz.file_bytes - bound, bound),
     }
+
+
+def _sum_known(values) -> float | None:
+    """The sum, or None if any value is unknown (None)."""
+    values = list(values)
+    return None if any(v is None for v in values) else sum(values)
 
 
 def _percent(part: float, whole: float) -> float:
@@ -159,9 +183,9 @@ def format_table(summary: dict[str, Any]) -> str:
     rows = [_table_row(r) for r in summary["tensors"]]
     totals = summary["totals"]
     rows.append([
-        "TOTAL (file)", f"{totals['elements']} el", "", f"{totals['nonzero_percent']:.1f}", "", "", "", "", "",
+        "TOTAL (file)", f"{totals['elements']} el", "", _fmt(totals["nonzero_percent"], ".1f"), "", "", "", "", "",
         f"header {totals['header_bytes']} + payload {totals['payload_bytes']}", str(totals["file_bytes"]),
-        _fmt_ratio(totals["ratio"]), f"{totals['bound_bytes']:.0f}", f"{totals['overhead_percent']:.1f}",
+        _fmt_ratio(totals["ratio"]), _fmt(totals["bound_bytes"], ".0f"), _fmt(totals["overhead_percent"], ".1f"),
     ])
     text = _align([header, *rows])
     weightless = [r for r in summary["tensors"] if "measured_false_positives" in r["describe"]]
@@ -170,6 +194,9 @@ def format_table(summary: dict[str, Any]) -> str:
             ["weightless", "n", "m", "t", "expected FP", "measured FP"],
             *[_weightless_row(r) for r in weightless],
         ])
+    notes = summary.get("notes", [])
+    if notes:
+        text += "\n\n" + "\n".join(f"note: {note}" for note in notes)
     return text
 
 
@@ -179,7 +206,7 @@ def _table_row(row: dict[str, Any]) -> list[str]:
         row["name"],
         "x".join(map(str, row["shape"])) or "scalar",
         row["codec"],
-        f"{row['nonzero_percent']:.1f}",
+        _fmt(row["nonzero_percent"], ".1f"),
         _fmt_clusters(described.get("clusters"), row["clusters_asked"]),
         _fmt_bits(described.get(VALUE_BITS)),
         _fmt_bits(described.get(INDEX_BITS)),
@@ -188,8 +215,8 @@ def _table_row(row: dict[str, Any]) -> list[str]:
         " + ".join(f"{name} {n}" for name, n in row["section_bytes"].items()),
         str(row["bytes"]),
         _fmt_ratio(row["ratio"]),
-        f"{row['bound_bytes']:.0f}",
-        f"{row['overhead_percent']:.1f}",
+        _fmt(row["bound_bytes"], ".0f"),
+        _fmt(row["overhead_percent"], ".1f"),
     ]
 
 
@@ -201,8 +228,13 @@ def _weightless_row(row: dict[str, Any]) -> list[str]:
         str(described["m"]),
         str(described["t"]),
         f"{described['expected_false_positives']:.1f}",
-        str(described["measured_false_positives"]),
+        _fmt(described["measured_false_positives"], "d"),
     ]
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``, or ``-`` when it is unknown."""
+    return "-" if value is None else format(value, spec)
 
 
 def _fmt_clusters(used: int | None, asked: int | None) -> str:
@@ -213,7 +245,7 @@ def _fmt_clusters(used: int | None, asked: int | None) -> str:
 
 
 def _fmt_bits(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return _fmt(value, ".2f")
 
 
 def _fmt_ratio(value: float | None) -> str:
@@ -230,12 +262,14 @@ def _align(rows: list[list[str]]) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
-def plot(wcz: container.WczFile, summary: dict[str, Any], path: str | os.PathLike) -> None:
+def plot(wcz: container.WczFile, summary: dict[str, Any], path: str | os.PathLike, *, max_bytes: int | None = None) -> None:
     """Draw bytes per tensor (stacked by section) and weight histograms with centroids to a PNG.
 
     The histograms show the decoded non-zero weights of the encoded (non-raw) tensors, at most
     :data:`MAX_HISTOGRAMS` of them, largest first; the centroids (the distinct decoded values)
-    are marked with vertical lines. The file is written atomically.
+    are marked with vertical lines; tensors left unmeasured by :func:`summarize` are not drawn,
+    and each one drawn is decoded within ``max_bytes`` (as :func:`summarize`). The file is
+    written atomically.
     """
     import matplotlib
 
@@ -250,7 +284,7 @@ def plot(wcz: container.WczFile, summary: dict[str, Any], path: str | os.PathLik
     grid = figure.add_gridspec(1 + hist_rows, columns, height_ratios=[max(2, 0.3 * len(summary["tensors"]))] + [3] * hist_rows)
     _plot_bytes(figure.add_subplot(grid[0, :]), summary)
     for index, row in enumerate(encoded):
-        _plot_histogram(figure.add_subplot(grid[1 + index // columns, index % columns]), row, wcz.decode(row["name"]))
+        _plot_histogram(figure.add_subplot(grid[1 + index // columns, index % columns]), row, wcz.decode(row["name"], max_bytes=max_bytes))
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)

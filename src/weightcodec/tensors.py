@@ -89,9 +89,14 @@ def encode_tensor(name: str, tensor: torch.Tensor, codec: str = "raw", **params)
     return container.TensorRecord(name, dtype, tuple(tensor.shape), encoded)
 
 
-def decode_file(wcz: container.WczFile) -> dict[str, torch.Tensor]:
-    """Decode every tensor of a parsed file into a state_dict with the original dtypes."""
-    return {rec.name: numpy_to_tensor(wcz.decode(rec.name), rec.dtype) for rec in wcz.records}
+def decode_file(wcz: container.WczFile, *, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
+    """Decode every tensor of a parsed file into a state_dict with the original dtypes.
+
+    The whole file is checked against the memory budget ``max_bytes`` (default: the memory
+    available) before anything is decoded; see :func:`weightcodec.container.check_budget`.
+    """
+    wcz.check_budget(max_bytes)
+    return {rec.name: numpy_to_tensor(container.decode_record(rec), rec.dtype) for rec in wcz.records}
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

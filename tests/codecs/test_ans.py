@@ -391,3 +391,32 @@ def test_deep_codec_roundtrip_with_ans(shape, density, sparse_layer):
     np.testing.assert_array_equal(deep.decode(encoded.meta, encoded.sections, shape), array)
     if mask.sum() > 1000:
         assert encoded.nbytes <= deep.encode(array, entropy="huffman").nbytes
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 2000), min_size=1, max_size=400),
+    st.lists(st.integers(1, 50), min_size=1, max_size=20),
+    st.sampled_from(["counts", "bins"]),
+)
+def test_reader_in_chunks_equals_one_decode(values, chunks, model):
+    symbols = np.array(values, dtype=np.int64)
+    reader = ans_module.ans_reader(ans_encode(symbols, model=model), symbols.size)
+    pieces, left = [], symbols.size
+    for n in chunks * (symbols.size // sum(chunks) + 1):
+        pieces.append(reader.read(min(n, left)))
+        left -= pieces[-1].size
+        if not left:
+            break
+    reader.close()
+    np.testing.assert_array_equal(np.concatenate(pieces), symbols)
+
+
+def test_reader_close_refuses_a_stream_longer_than_its_count():
+    symbols = np.random.default_rng(1).integers(0, 9, 5000)
+    for model in ("counts", "bins"):
+        reader = ans_module.ans_reader(ans_encode(symbols, model=model), 4000)
+        reader.read(2000)
+        reader.read(2000)
+        with pytest.raises(CorruptFileError, match="more data than its symbols need"):
+            reader.close()

@@ -9,6 +9,7 @@ from weightcodec.codecs.huffman import (
     entropy_bits,
     huffman_decode,
     huffman_encode,
+    huffman_reader,
     huffman_table,
 )
 from weightcodec.errors import CorruptFileError, EncodeError
@@ -171,3 +172,26 @@ def test_random_corruption_raises_only_corrupt_file_error():
         except CorruptFileError:
             continue
         assert out.shape == symbols.shape and out.min() >= 0 and out.max() < SYMBOL_LIMIT
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=400), st.lists(st.integers(1, 50), min_size=1, max_size=20))
+def test_reader_in_chunks_equals_one_decode(values, chunks):
+    symbols = np.array(values, dtype=np.int64)
+    reader = huffman_reader(huffman_encode(symbols), symbols.size)
+    pieces, left = [], symbols.size
+    for n in chunks * (symbols.size // sum(chunks) + 1):
+        pieces.append(reader.read(min(n, left)))
+        left -= pieces[-1].size
+        if not left:
+            break
+    reader.close()
+    np.testing.assert_array_equal(np.concatenate(pieces), symbols)
+
+
+def test_reader_close_refuses_trailing_payload():
+    symbols = np.random.default_rng(1).integers(0, 9, 5000)
+    reader = huffman_reader(huffman_encode(symbols), 4000)
+    reader.read(4000)
+    with pytest.raises(CorruptFileError, match="zero padded to a byte"):
+        reader.close()

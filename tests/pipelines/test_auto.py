@@ -115,11 +115,11 @@ def test_reproduce_sets_the_thread_count_and_says_so(monkeypatch, tmp_path):
 
     def probe(model, mnist, out_path, *, quick, seed, progress):
         seen.append(torch.get_num_threads())
-        out_path.write_bytes(b"probe")  # reproduce compares the files' digests across ranks
+        out_path.write_bytes(b"a file")
         return {"ratio": 1.0}
 
     monkeypatch.setitem(reproduce.METHODS, "probe", probe)
-    monkeypatch.setattr(reproduce, "load_mnist", lambda data, progress=False: _toy_mnist())
+    monkeypatch.setattr(reproduce, "load_mnist", lambda data, progress=True: _toy_mnist())
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

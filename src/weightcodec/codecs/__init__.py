@@ -40,3 +40,8 @@ register(weightless)
 from . import deep  # noqa: E402
 
 register(deep)
+
+
+from . import uniform  # noqa: E402
+
+register(uniform)

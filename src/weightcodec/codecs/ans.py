@@ -97,6 +97,8 @@ __all__ = [
     "Bins",
     "ans_encode",
     "ans_decode",
+    "ans_reader",
+    "AnsReader",
     "ans_header_bytes",
     "choose_bins",
     "quantize_counts",
@@ -138,6 +140,8 @@ _EXPONENT_STEP_BITS = 3.0
 # Longest gamma code a reader accepts: values below 2**33 (symbol deltas below 2**32, counts
 # below 2**24); a longer run of zero bits is corruption.
 MAX_GAMMA_BITS = 33
+# Bin indices popped at a time from a binned stream (bounds the int32 buffer constriction returns).
+_BIN_CHUNK = 1 << 16
 
 
 def ans_encode(symbols: np.ndarray, *, model: str = "auto") -> bytes:
@@ -220,13 +224,39 @@ def ans_decode(data: bytes, count: int) -> np.ndarray:
     >>> ans_decode(b"\\x05\\x05", 2).tolist()
     [5, 5]
     """
+    reader = ans_reader(data, count)
+    symbols = reader.read(int(count))
+    reader.close()
+    return symbols
+
+
+def ans_reader(data: bytes, count: int) -> "AnsReader":
+    """A reader of the ``count`` symbols of an :func:`ans_encode` stream, a chunk at a time.
+
+    The header is read and checked now; :meth:`AnsReader.read` decodes the next symbols and
+    :meth:`AnsReader.close` checks that the coder is exactly exhausted. Memory is the stream
+    plus the chunk asked for, and for a binned model one bin index per symbol (1 or 2 bytes
+    each for up to 2**16 bins: the coder pops every bin before the first offset).
+
+    Raises
+    ------
+    CorruptFileError
+        As :func:`ans_decode`, for what the header and payload length show.
+
+    Examples
+    --------
+    >>> reader = ans_reader(ans_encode(np.array([0, 0, 3, 0, 7])), 5)
+    >>> reader.read(3).tolist(), reader.read(2).tolist()
+    ([0, 0, 3], [0, 7])
+    >>> reader.close()
+    """
     count = int(count)
     if count < 0:
         raise CorruptFileError(f"ANS stream claims {count} symbols; expected a count >= 0")
     if count == 0:
         if data:
             raise CorruptFileError(f"ANS stream of 0 symbols holds {len(data)} bytes; expected none")
-        return np.zeros(0, dtype=np.int64)
+        return AnsReader(None, _Header(np.zeros(1, dtype=np.int64), None, None, 0), 0)
     model = _read_header(data, count)
     offset = model.offset
     if model.bins is None and model.alphabet.size == 1:
@@ -234,7 +264,7 @@ def ans_decode(data: bytes, count: int) -> np.ndarray:
             raise CorruptFileError(
                 f"ANS stream of one distinct symbol has {len(data) - offset} trailing bytes; expected none"
             )
-        return np.full(count, model.alphabet[0], dtype=np.int64)
+        return AnsReader(None, model, count)
     payload = len(data) - offset
     if payload <= 0 or payload % WORD_BYTES:
         raise CorruptFileError(
@@ -243,18 +273,71 @@ def ans_decode(data: bytes, count: int) -> np.ndarray:
     words = np.frombuffer(data, dtype="<u4", offset=offset).astype(np.uint32)
     try:
         coder = constriction.stream.stack.AnsCoder(words)
-        if model.bins is None:
-            symbols = model.alphabet[coder.decode(_model(model.quantized), count).astype(np.int64)]
-        else:
-            symbols = _decode_binned(coder, model.bins, count)
-        exhausted = coder.is_empty()
     except (ValueError, RuntimeError) as exc:  # constriction rejects malformed words itself
         raise CorruptFileError(f"ANS payload is damaged: {exc}") from None
-    if not exhausted:
-        raise CorruptFileError(
-            f"ANS payload holds more data than {count} symbols need (damaged stream or wrong count)"
-        )
-    return symbols
+    return AnsReader(coder, model, count)
+
+
+class AnsReader:
+    """Decodes a checked ANS stream in chunks (made by :func:`ans_reader`).
+
+    ``coder`` is None for a stream without payload (no symbols, or one distinct symbol).
+    """
+
+    def __init__(self, coder, model: _Header, count: int):
+        self.coder, self.model, self.left = coder, model, count
+        self.done = 0  # symbols returned so far
+        self.index = None  # a binned model's bin of every symbol, popped on the first read
+        if coder is not None and model.bins is None:
+            self.categorical = _model(model.quantized)
+
+    def read(self, n: int) -> np.ndarray:
+        """The next ``n`` symbols (int64); at most as many as are left."""
+        if n > self.left:
+            raise ValueError(f"asked for {n} symbols, only {self.left} are left")
+        self.left -= n
+        if self.coder is None:
+            return np.full(n, self.model.alphabet[0], dtype=np.int64)
+        try:
+            if self.model.bins is None:
+                return self.model.alphabet[self.coder.decode(self.categorical, n).astype(np.int64)]
+            return self._read_binned(n)
+        except (ValueError, RuntimeError) as exc:  # constriction rejects malformed words itself
+            raise CorruptFileError(f"ANS payload is damaged: {exc}") from None
+
+    def close(self) -> None:
+        """Check that every symbol was read and the coder is back in its initial state."""
+        if self.left:
+            raise ValueError(f"{self.left} symbols were not read")
+        if self.coder is not None and not self.coder.is_empty():
+            raise CorruptFileError(
+                "ANS payload holds more data than its symbols need (damaged stream or wrong count)"
+            )
+
+    def _read_binned(self, n: int) -> np.ndarray:
+        bins = self.model.bins
+        if self.index is None:
+            self.index = self._pop_bins(self.done + n + self.left)
+        index = self.index[self.done : self.done + n].astype(np.int64)
+        self.done += n
+        sizes = bins.widths[index]
+        offsets = np.zeros(n, dtype=np.int64)
+        wide = sizes > 1
+        if wide.any():
+            offsets[wide] = self.coder.decode(constriction.stream.model.Uniform(), sizes[wide].astype(np.int32))
+        return bins.starts[index] + offsets
+
+    def _pop_bins(self, count: int) -> np.ndarray:
+        """The bin of each of the ``count`` symbols, in the smallest dtype that holds them."""
+        bins = self.model.bins
+        dtype = np.min_scalar_type(bins.widths.size - 1)
+        index = np.zeros(count, dtype=dtype)
+        if bins.widths.size > 1:
+            masses = _model(bins.masses)
+            for start in range(0, count, _BIN_CHUNK):
+                stop = min(count, start + _BIN_CHUNK)
+                index[start:stop] = self.coder.decode(masses, stop - start)
+        return index
 
 
 def quantize_counts(counts: np.ndarray) -> np.ndarray:
@@ -571,19 +654,6 @@ def _binned_payload(symbols: np.ndarray, bins: Bins) -> bytes:
     if bins.widths.size > 1:
         coder.encode_reverse(index.astype(np.int32), _model(bins.masses))
     return _words(coder)
-
-
-def _decode_binned(coder, bins: Bins, count: int) -> np.ndarray:
-    if bins.widths.size > 1:
-        index = coder.decode(_model(bins.masses), count).astype(np.int64)
-    else:
-        index = np.zeros(count, dtype=np.int64)
-    sizes = bins.widths[index]
-    offsets = np.zeros(count, dtype=np.int64)
-    wide = sizes > 1
-    if wide.any():
-        offsets[wide] = coder.decode(constriction.stream.model.Uniform(), sizes[wide].astype(np.int32))
-    return bins.starts[index] + offsets
 
 
 def _read_bins(data: bytes, offset: int, count: int, first: int) -> tuple[Bins, int]:

@@ -5,8 +5,13 @@ A codec is a module with
 * ``NAME``: its registry name, stored in the file;
 * ``encode(array, **params) -> Encoded``: ``array`` is a float32 NumPy array of any shape;
 * ``decode(meta, sections, shape) -> np.ndarray``: the inverse, returns float32 of ``shape``;
-* ``describe(meta, sections, shape) -> dict``: figures for ``inspect`` (bits per non-zero,
-  lower bound in bytes, ...), computed from the stored data alone.
+* ``describe(meta, sections, shape, *, measure=True) -> dict``: figures for ``inspect`` (bits
+  per non-zero, lower bound in bytes, ``nonzero``...), computed from the stored data alone;
+  with ``measure=False`` the figures that need a decode are None and nothing is decoded.
+
+``decode`` must cost memory in proportion to its output (about one output array, plus the
+sections), never to what the header claims in intermediate arrays: a few bytes may legitimately
+describe a huge tensor.
 
 Codecs never import torch and never open files: the container (``weightcodec.container``)
 stores ``meta`` in the file's JSON header and each section as a checksummed raw buffer.
@@ -31,7 +36,8 @@ class Encoded:
     meta : dict
         JSON-serialisable parameters needed to decode (small: numbers, short strings, lists).
     sections : dict of str to bytes
-        Named raw buffers, in the order they are written to the file.
+        Named raw buffers, in the order they are written to the file. Bytes-like: a file
+        that is read gives read-only memoryviews of its buffer (no copy).
     """
 
     codec: str

@@ -31,9 +31,20 @@ import numpy as np
 
 from ..errors import CorruptFileError, EncodeError, FormatError
 from .base import Encoded
-from .ans import ans_decode, ans_encode
-from .huffman import entropy_bits, huffman_decode, huffman_encode
-from .sparse_index import MAX_INDEX_BITS, gaps_with_fillers, positions_from_gaps
+from .ans import ans_encode, ans_reader
+from .common import (
+    BITS_PER_BYTE,
+    CENTROID_DTYPE,
+    check_float32_array,
+    check_sections,
+    meta_int,
+    meta_str,
+    per,
+    read_codebook,
+    size_figures,
+)
+from .huffman import counts_entropy_bits, huffman_encode, huffman_reader
+from .sparse_index import MAX_INDEX_BITS, gaps_with_fillers
 
 __all__ = [
     "NAME",
@@ -54,25 +65,30 @@ MAX_CLUSTERS = 256
 # rare in a pruned layer for a wider field to pay for its extra bit on every entry.
 AUTO_INDEX_BITS = range(1, 13)
 SECTIONS = ("codebook", "gaps", "codes")
-CENTROID_DTYPE = np.dtype("<f4")
-BITS_PER_BYTE = 8
+# Entries decoded at a time: the decoder's working memory is a few arrays of this many int64,
+# whatever the tensor's size (a 300-byte file may legitimately decode to a 256 MiB tensor);
+# 2**14 .. 2**18 decode at about the same speed.
+DECODE_CHUNK = 1 << 16
 
 
 class EntropyCoder(NamedTuple):
     """A lossless coder for a stream of ints in ``[0, 2^16)``.
 
-    ``encode(symbols) -> bytes`` must be deterministic; ``decode(data, count) -> ndarray`` must
-    return exactly ``count`` ints or raise :class:`~weightcodec.errors.CorruptFileError`.
-    Adding a coder is one entry in :data:`ENTROPY_CODERS`; its name is stored in ``meta``.
+    ``encode(symbols) -> bytes`` must be deterministic. ``reader(data, count)`` checks the
+    stream's table and returns an object whose ``read(n)`` gives the next ``n`` ints (int64)
+    and whose ``close()`` checks that the stream ends exactly after ``count`` of them; both
+    raise :class:`~weightcodec.errors.CorruptFileError` for a damaged stream. Decoding in
+    chunks keeps memory bounded whatever ``count`` claims. Adding a coder is one entry in
+    :data:`ENTROPY_CODERS`; its name is stored in ``meta``.
     """
 
     encode: Callable[[np.ndarray], bytes]
-    decode: Callable[[bytes, int], np.ndarray]
+    reader: Callable[[bytes, int], object]
 
 
 ENTROPY_CODERS: dict[str, EntropyCoder] = {
-    "huffman": EntropyCoder(huffman_encode, huffman_decode),
-    "ans": EntropyCoder(ans_encode, ans_decode),  # rANS with a static per-stream model, docs/codecs/ans.md
+    "huffman": EntropyCoder(huffman_encode, huffman_reader),
+    "ans": EntropyCoder(ans_encode, ans_reader),  # rANS with a static per-stream model, docs/codecs/ans.md
 }
 
 
@@ -85,13 +101,13 @@ class _Candidate(NamedTuple):
     codes: bytes
 
 
-class _Streams(NamedTuple):
-    """The decoded content of a deep tensor, validated."""
+class _Scan(NamedTuple):
+    """What decoding a deep tensor's streams showed, every entry checked."""
 
     codebook: np.ndarray  # float32, (K,)
-    gap_symbols: np.ndarray  # int64, (entries,)
-    codes: np.ndarray  # int64, (entries,), K marks a filler
     index_bits: int
+    gap_counts: np.ndarray  # int64, (2**index_bits,): occurrences of each gap symbol
+    code_counts: np.ndarray  # int64, (K + 1,): occurrences of each code, K = filler
 
 
 def build_codebook(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -158,7 +174,7 @@ def encode(array: np.ndarray, *, index_bits: int | str = "auto", entropy: str = 
     """
     coder = _entropy_coder(entropy, EncodeError)
     widths = _index_widths(index_bits)
-    codebook, codes, positions = build_codebook(_check_array(array))
+    codebook, codes, positions = build_codebook(check_float32_array(array, NAME))
     if len(codebook) > MAX_CLUSTERS:
         raise EncodeError(
             f"array has {len(codebook)} distinct non-zero values; the deep codec stores at most {MAX_CLUSTERS}: "
@@ -200,21 +216,21 @@ def decode(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...])
     >>> decode(e.meta, e.sections, (3, 3)).diagonal().tolist()
     [1.0, 1.0, 1.0]
     """
-    size = math.prod(shape)
-    streams = _read_streams(meta, sections, size)
-    is_filler = streams.codes == len(streams.codebook)
-    out = np.zeros(size, dtype=np.float32)
-    out[positions_from_gaps(streams.gap_symbols, is_filler)] = streams.codebook[streams.codes[~is_filler]]
+    out = np.zeros(math.prod(shape), dtype=np.float32)
+    _scan(meta, sections, out)
     return out.reshape(shape)
 
 
-def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) -> dict:
+def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...], *, measure: bool = True) -> dict:
     """Figures for ``inspect``: counts, bits per entry, and the size against the entropy bound.
 
     Parameters
     ----------
     meta, sections, shape
         As for :func:`decode`.
+    measure : bool, optional
+        Decode the streams (in chunks, memory bounded; time in proportion to the entries)
+        for the figures that need them; with False, those are None and nothing is decoded.
 
     Returns
     -------
@@ -225,7 +241,8 @@ def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...
         included), ``bits_per_nonzero`` (all sections), ``bytes`` (total) and
         ``section_bytes`` (per section), ``bound_bytes`` (order-0 entropy of the gap stream
         plus that of the code stream, in bytes, plus the codebook bytes) and
-        ``overhead_percent`` (``bytes`` over ``bound_bytes``, 0 when both are 0).
+        ``overhead_percent`` (``bytes`` over ``bound_bytes``, 0 when both are 0). Unmeasured:
+        ``nonzero``, ``fillers``, ``bits_per_nonzero``, ``bound_bytes`` and ``overhead_percent``.
 
     Raises
     ------
@@ -239,51 +256,34 @@ def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...
     >>> d["nonzero"], d["fillers"], d["clusters"], d["section_bytes"]
     (4, 0, 1, {'codebook': 4, 'gaps': 5, 'codes': 2})
     """
-    streams = _read_streams(meta, sections, math.prod(shape))
-    clusters = len(streams.codebook)
-    entries = len(streams.codes)
-    fillers = int(np.count_nonzero(streams.codes == clusters))
-    section_bytes = {name: len(sections[name]) for name in SECTIONS}
-    total = sum(section_bytes.values())
-    entropy_total = entropy_bits(streams.gap_symbols) + entropy_bits(streams.codes)
-    bound = entropy_total / BITS_PER_BYTE + section_bytes["codebook"]
+    size = math.prod(shape)
+    if measure:
+        scan = _scan(meta, sections, None, size)
+        clusters, index_bits = len(scan.codebook), scan.index_bits
+        fillers = int(scan.code_counts[clusters])
+        entropy_total = counts_entropy_bits(scan.gap_counts) + counts_entropy_bits(scan.code_counts)
+        bound = entropy_total / BITS_PER_BYTE + len(sections["codebook"])
+    else:
+        codebook, index_bits, _ = _read_params(meta, sections, size)
+        clusters = len(codebook)
+        fillers = bound = None
+    entries = meta["entries"]
+    nonzero = None if fillers is None else entries - fillers
     return {
-        "nonzero": entries - fillers,
+        "nonzero": nonzero,
         "fillers": fillers,
         "entries": entries,
         "clusters": clusters,
-        "index_bits": streams.index_bits,
+        "index_bits": index_bits,
         "entropy": meta["entropy"],
         "value_bits_fixed": math.ceil(math.log2(clusters + 1)),
-        "bits_per_code": _per(BITS_PER_BYTE * section_bytes["codes"], entries),
-        "bits_per_gap": _per(BITS_PER_BYTE * section_bytes["gaps"], entries),
-        "bits_per_nonzero": _per(BITS_PER_BYTE * total, entries - fillers),
-        "bytes": total,
-        "section_bytes": section_bytes,
-        "bound_bytes": bound,
-        "overhead_percent": _per(100.0 * (total - bound), bound),
+        "bits_per_code": per(BITS_PER_BYTE * len(sections["codes"]), entries),
+        "bits_per_gap": per(BITS_PER_BYTE * len(sections["gaps"]), entries),
+        **size_figures(sections, SECTIONS, bound, nonzero),
     }
 
 
 # ----------------------------------------------------------------------------- encoding steps
-
-
-def _check_array(array: np.ndarray) -> np.ndarray:
-    """The array as flat little-endian float32, after checking its dtype and that it is finite."""
-    array = np.asarray(array)
-    if array.dtype.kind != "f" or array.dtype.itemsize != 4:
-        raise EncodeError(
-            f"deep codec encodes float32 arrays, got {array.dtype}; convert with .astype(np.float32) first"
-        )
-    values = np.ascontiguousarray(array, dtype=CENTROID_DTYPE).reshape(-1)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
-        raise EncodeError(
-            f"deep codec needs finite values; array holds {n_nan} NaN and {n_inf} infinite values "
-            f"(first at flat index {int(np.argmax(bad))})"
-        )
-    return values
 
 
 def _index_widths(index_bits: int | str) -> range:
@@ -318,63 +318,53 @@ def _entropy_coder(name: str, error: type[Exception]) -> EntropyCoder:
 # ----------------------------------------------------------------------------- decoding steps
 
 
-def _read_streams(meta: Mapping, sections: Mapping[str, bytes], size: int) -> _Streams:
-    """Decode and cross-check every part of a stored tensor of ``size`` elements."""
-    if sorted(sections) != sorted(SECTIONS):
-        raise CorruptFileError(f"deep tensor has sections {sorted(sections)}; expected {list(SECTIONS)}")
-    index_bits, entries = _meta_int(meta, "index_bits", 1, MAX_INDEX_BITS), _meta_int(meta, "entries", 0, size)
-    if not isinstance(meta.get("entropy"), str):
-        raise CorruptFileError(f"deep tensor meta 'entropy' must be a string, got {meta.get('entropy')!r}")
-    coder = _entropy_coder(meta["entropy"], FormatError)
-    codebook = _read_codebook(bytes(sections["codebook"]))
-    clusters = len(codebook)
-    gap_symbols = coder.decode(bytes(sections["gaps"]), entries)
-    codes = coder.decode(bytes(sections["codes"]), entries)
-    _check_entries(gap_symbols, codes, clusters, index_bits, entries, size)
-    return _Streams(codebook, gap_symbols, codes, index_bits)
+def _read_params(meta: Mapping, sections: Mapping[str, bytes], size: int) -> tuple[np.ndarray, int, EntropyCoder]:
+    """The checked codebook, index width and entropy coder of a stored tensor of ``size`` elements."""
+    check_sections(sections, SECTIONS, NAME)
+    index_bits = meta_int(meta, "index_bits", 1, MAX_INDEX_BITS, NAME)
+    meta_int(meta, "entries", 0, size, NAME)
+    coder = _entropy_coder(meta_str(meta, "entropy", NAME), FormatError)
+    return read_codebook(bytes(sections["codebook"]), MAX_CLUSTERS, NAME), index_bits, coder
 
 
-def _meta_int(meta: Mapping, key: str, low: int, high: int) -> int:
-    value = meta.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise CorruptFileError(f"deep tensor meta {key!r} is {value!r}; expected an int in {low}..{high}")
-    return value
+def _scan(meta: Mapping, sections: Mapping[str, bytes], out: np.ndarray | None, size: int | None = None) -> _Scan:
+    """Decode and check every entry, :data:`DECODE_CHUNK` at a time, writing weights into ``out``.
 
-
-def _read_codebook(data: bytes) -> np.ndarray:
-    if len(data) % CENTROID_DTYPE.itemsize or len(data) > MAX_CLUSTERS * CENTROID_DTYPE.itemsize:
-        raise CorruptFileError(
-            f"deep codebook is {len(data)} bytes; expected a multiple of 4, at most {MAX_CLUSTERS * 4}"
-        )
-    codebook = np.frombuffer(data, dtype=CENTROID_DTYPE).astype(np.float32)
-    if not np.all(np.isfinite(codebook)) or np.any(codebook == 0) or np.any(np.diff(codebook) <= 0):
-        raise CorruptFileError("deep codebook must hold finite, non-zero, strictly ascending centroids")
-    return codebook
-
-
-def _check_entries(
-    gap_symbols: np.ndarray, codes: np.ndarray, clusters: int, index_bits: int, entries: int, size: int
-) -> None:
-    """The streams must be exactly what :func:`encode` writes for a tensor of ``size`` elements."""
-    if len(gap_symbols) != entries or len(codes) != entries:
-        raise CorruptFileError(
-            f"deep streams hold {len(gap_symbols)} gaps and {len(codes)} codes; meta says {entries} entries"
-        )
-    span = 1 << index_bits
-    if entries and (gap_symbols.min() < 0 or gap_symbols.max() >= span or codes.min() < 0 or codes.max() > clusters):
-        raise CorruptFileError(
-            f"deep streams hold gaps outside 0..{span - 1} or codes outside 0..{clusters} (filler = {clusters})"
-        )
-    is_filler = codes == clusters
-    if np.any(gap_symbols[is_filler] != span - 1) or (entries and is_filler[-1]):
+    The streams must be exactly what :func:`encode` writes for a tensor of ``out.size`` (or
+    ``size``) elements: gaps below ``2**index_bits``, codes up to the filler code ``K``, fillers
+    storing the largest gap and never last, every centroid used, positions inside the tensor.
+    """
+    size = out.size if out is not None else size
+    codebook, index_bits, coder = _read_params(meta, sections, size)
+    entries, clusters, span = meta["entries"], len(codebook), 1 << index_bits
+    gaps = coder.reader(bytes(sections["gaps"]), entries)
+    codes = coder.reader(bytes(sections["codes"]), entries)
+    gap_counts = np.zeros(span, dtype=np.int64)
+    code_counts = np.zeros(clusters + 1, dtype=np.int64)
+    position, last_is_filler = -1, False
+    for start in range(0, entries, DECODE_CHUNK):
+        n = min(DECODE_CHUNK, entries - start)
+        gap, code = gaps.read(n), codes.read(n)
+        if gap.min() < 0 or gap.max() >= span or code.min() < 0 or code.max() > clusters:
+            raise CorruptFileError(
+                f"deep streams hold gaps outside 0..{span - 1} or codes outside 0..{clusters} (filler = {clusters})"
+            )
+        is_filler = code == clusters
+        if np.any(gap[is_filler] != span - 1):
+            raise CorruptFileError(f"deep fillers must store gap {span - 1} and may not end the stream")
+        ends = position + np.cumsum(gap + 1)  # int64: entries * 2**16 <= 2**56 cannot overflow
+        position, last_is_filler = int(ends[-1]), bool(is_filler[-1])
+        if position >= size:
+            raise CorruptFileError(f"deep gaps reach flat position {position}; the tensor has {size} elements")
+        gap_counts += np.bincount(gap, minlength=span)
+        code_counts += np.bincount(code, minlength=clusters + 1)
+        if out is not None:
+            keep = ~is_filler
+            out[ends[keep]] = codebook[code[keep]]
+    gaps.close()
+    codes.close()
+    if last_is_filler:
         raise CorruptFileError(f"deep fillers must store gap {span - 1} and may not end the stream")
-    if not np.all(np.bincount(codes, minlength=clusters + 1)[:clusters]):
+    if not np.all(code_counts[:clusters]):
         raise CorruptFileError(f"deep codebook holds {clusters} centroids, not all of them used")
-    last_position = int(gap_symbols.sum()) + entries - 1
-    if last_position >= size:
-        raise CorruptFileError(f"deep gaps reach flat position {last_position}; the tensor has {size} elements")
-
-
-def _per(numerator: float, denominator: float) -> float:
-    """``numerator / denominator``, or 0.0 when there is nothing to divide by."""
-    return numerator / denominator if denominator else 0.0
+    return _Scan(codebook, index_bits, gap_counts, code_counts)

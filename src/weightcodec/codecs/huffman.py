@@ -47,6 +47,9 @@ __all__ = [
     "huffman_table",
     "huffman_encode",
     "huffman_decode",
+    "huffman_reader",
+    "HuffmanReader",
+    "counts_entropy_bits",
 ]
 
 # Longest codeword. bitarray's canonical_decode accepts at most 31; 24 keeps the
@@ -79,7 +82,20 @@ def entropy_bits(symbols: np.ndarray) -> float:
     >>> entropy_bits(np.array([0, 1, 2, 3]))
     8.0
     """
-    counts = np.bincount(np.asarray(symbols, dtype=np.int64).ravel())
+    return counts_entropy_bits(np.bincount(np.asarray(symbols, dtype=np.int64).ravel()))
+
+
+def counts_entropy_bits(counts: np.ndarray) -> float:
+    """:func:`entropy_bits` of a stream given by its histogram (``counts[s]`` = occurrences of ``s``).
+
+    A stream decoded in chunks adds up its histogram instead of keeping its symbols.
+
+    Examples
+    --------
+    >>> counts_entropy_bits(np.array([1, 1, 1, 1]))
+    8.0
+    """
+    counts = np.asarray(counts)
     counts = counts[counts > 0].astype(np.float64)
     n = counts.sum()
     return float(-(counts * np.log2(counts / n)).sum()) if n else 0.0
@@ -168,7 +184,8 @@ def huffman_decode(data: bytes, count: int) -> np.ndarray:
     """Decode exactly ``count`` symbols from a :func:`huffman_encode` stream.
 
     Every structural property is checked: table values, a complete code, the payload length
-    (no missing or extra bytes) and zero padding.
+    (no missing or extra bytes) and zero padding. To decode a long stream in pieces of bounded
+    memory, use :func:`huffman_reader`.
 
     Parameters
     ----------
@@ -192,10 +209,36 @@ def huffman_decode(data: bytes, count: int) -> np.ndarray:
     >>> huffman_decode(huffman_encode(np.array([0, 2, 2, 9])), 4).tolist()
     [0, 2, 2, 9]
     """
+    reader = huffman_reader(data, count)
+    symbols = reader.read(count)
+    reader.close()
+    return symbols
+
+
+def huffman_reader(data: bytes, count: int) -> "HuffmanReader":
+    """A reader of the ``count`` symbols of a :func:`huffman_encode` stream, a chunk at a time.
+
+    The table is read and checked now; :meth:`HuffmanReader.read` decodes the next symbols and
+    :meth:`HuffmanReader.close` checks that the stream ends exactly after the last one. Memory
+    is the stream plus the chunk asked for, whatever ``count`` claims.
+
+    Raises
+    ------
+    CorruptFileError
+        If the table is invalid, or the stream cannot hold ``count`` symbols (empty data for a
+        positive count, data for none).
+
+    Examples
+    --------
+    >>> reader = huffman_reader(huffman_encode(np.array([1, 1, 0, 1, 1])), 5)
+    >>> reader.read(2).tolist(), reader.read(3).tolist()
+    ([1, 1], [0, 1, 1])
+    >>> reader.close()
+    """
     data = bytes(data)
     if count <= 0 or not data:
         if count == 0 and not data:
-            return np.zeros(0, dtype=np.int64)
+            return HuffmanReader(b"", [], [0], 0)
         raise CorruptFileError(f"Huffman stream of {len(data)} bytes cannot hold {count} symbols")
     longest, offset = read_varint(data, 0, what="Huffman table", max_bytes=MAX_VARINT_BYTES)
     if longest == 0:
@@ -203,13 +246,56 @@ def huffman_decode(data: bytes, count: int) -> np.ndarray:
         _check_table([], [symbol])
         if offset != len(data):
             raise CorruptFileError(f"single-symbol Huffman stream has {len(data) - offset} trailing bytes")
-        return np.full(count, symbol, dtype=np.int64)
+        return HuffmanReader(b"", [], [symbol], count)
     if longest > MAX_CODE_BITS:
         raise CorruptFileError(f"Huffman table declares {longest}-bit codes; the limit is {MAX_CODE_BITS}")
     counts, offset = _readencode_varints(data, offset, longest)
     ordered, offset = _readencode_varints(data, offset, sum(counts))
     _check_table(counts, ordered)
-    return _decode_payload(data[offset:], counts, ordered, count)
+    return HuffmanReader(data[offset:], counts, ordered, count)
+
+
+class HuffmanReader:
+    """Decodes a checked Huffman stream's payload in chunks (made by :func:`huffman_reader`).
+
+    An empty ``counts`` is the zero-bit code of a single symbol, ``ordered[0]``.
+    """
+
+    def __init__(self, payload: bytes, counts: list[int], ordered: list[int], count: int):
+        self.payload, self.counts, self.ordered, self.left = payload, counts, ordered, count
+        self.used = 0  # payload bits consumed so far
+        if counts:
+            self.bits = bitarray(endian="big")
+            self.bits.frombytes(payload)
+            self.symbols = canonical_decode(self.bits, [0, *counts], ordered)
+            self.code_length = np.zeros(max(ordered) + 1, dtype=np.int64)
+            self.code_length[ordered] = np.repeat(np.arange(1, len(counts) + 1), counts)
+
+    def read(self, n: int) -> np.ndarray:
+        """The next ``n`` symbols (int64); at most as many as are left."""
+        if n > self.left:
+            raise ValueError(f"asked for {n} symbols, only {self.left} are left")
+        self.left -= n
+        if not self.counts:
+            return np.full(n, self.ordered[0], dtype=np.int64)
+        try:
+            # islice stops after n symbols, so the padding bits are never decoded.
+            symbols = np.fromiter(itertools.islice(self.symbols, n), dtype=np.int64, count=n)
+        except ValueError:  # the bits ran out, possibly in the middle of a codeword
+            raise CorruptFileError(
+                f"Huffman payload of {len(self.payload)} bytes is too short for its symbols"
+            ) from None
+        self.used += int(self.code_length[symbols].sum())
+        return symbols
+
+    def close(self) -> None:
+        """Check that every symbol was read and the payload ends right after them, zero padded."""
+        if self.left:
+            raise ValueError(f"{self.left} symbols were not read")
+        if self.counts and (len(self.payload) != -(-self.used // BITS_PER_BYTE) or self.bits[self.used :].any()):
+            raise CorruptFileError(
+                f"Huffman payload is {len(self.payload)} bytes; its symbols need {self.used} bits, zero padded to a byte"
+            )
 
 
 def _check_symbols(symbols: np.ndarray) -> np.ndarray:
@@ -249,27 +335,6 @@ def _check_table(counts: list[int], ordered: list[int]) -> None:
     bounds = np.cumsum([0, *counts])
     if any(ordered[a:b] != sorted(ordered[a:b]) for a, b in zip(bounds[:-1], bounds[1:])):
         raise CorruptFileError("Huffman table symbols are not in canonical (ascending) order")
-
-
-def _decode_payload(payload: bytes, counts: list[int], ordered: list[int], count: int) -> np.ndarray:
-    bits = bitarray(endian="big")
-    bits.frombytes(payload)
-    # islice stops after `count` symbols, so the padding bits are never decoded.
-    decoded = itertools.islice(canonical_decode(bits, [0, *counts], ordered), count)
-    try:
-        symbols = np.fromiter(decoded, dtype=np.int64, count=count)
-    except ValueError:  # the bits ran out, possibly in the middle of a codeword
-        raise CorruptFileError(f"Huffman payload of {len(payload)} bytes is too short for {count} symbols") from None
-    code_length = np.zeros(max(ordered) + 1, dtype=np.int64)
-    code_length[ordered] = np.repeat(np.arange(1, len(counts) + 1), counts)
-    used = int(code_length[symbols].sum())
-    if len(payload) != -(-used // BITS_PER_BYTE) or bits[used:].any():
-        raise CorruptFileError(
-            f"Huffman payload is {len(payload)} bytes; {count} symbols need {used} bits, zero padded to a byte"
-        )
-    return symbols
-
-
 
 
 def _readencode_varints(data: bytes, offset: int, n: int) -> tuple[list[int], int]:

@@ -33,6 +33,17 @@ import numpy as np
 
 from ..errors import CorruptFileError, EncodeError, FormatError
 from .base import Encoded
+from .common import (
+    BITS_PER_BYTE,
+    CENTROID_DTYPE,
+    check_float32_array,
+    check_sections,
+    meta_int,
+    meta_str,
+    per,
+    read_codebook,
+    size_figures,
+)
 from .bloomier import (
     DEFAULT_RATIO,
     BloomierTable,
@@ -64,8 +75,6 @@ __all__ = [
 
 NAME = "weightless"
 SECTIONS = ("codebook", "table")
-CENTROID_DTYPE = np.dtype("<f4")
-BITS_PER_BYTE = 8
 
 
 class Filter(NamedTuple):
@@ -93,9 +102,9 @@ def _bloomier_build(keys: np.ndarray, codes: np.ndarray, *, t: int, seed: int, r
 
 def _bloomier_decode(meta: Mapping, table: bytes, lut: np.ndarray, size: int) -> np.ndarray:
     t, n = meta["t"], meta["n"]
-    _meta_int(meta, "k", K_HASHES, K_HASHES)
-    m = _meta_int(meta, "m", 0, K_HASHES * MAX_SEGMENT)
-    seed = _meta_int(meta, "seed", 0, MAX_SEED)
+    meta_int(meta, "k", K_HASHES, K_HASHES, NAME)
+    m = meta_int(meta, "m", 0, K_HASHES * MAX_SEGMENT, NAME)
+    seed = meta_int(meta, "seed", 0, MAX_SEED, NAME)
     if m % K_HASHES or m < n or (m == 0) != (n == 0):
         raise CorruptFileError(
             f"weightless tensor has m={m} cells for n={n} keys; expected 0 for 0 keys, else a multiple of 3 >= n"
@@ -180,7 +189,7 @@ def encode(
     names = AUTO_ORDER if filter == AUTO_FILTER else (filter,)
     candidates = [(name, _filter(name, EncodeError)) for name in names]
     t = _check_t(t)
-    values = _check_array(array)
+    values = check_float32_array(array, NAME)
     keys = np.flatnonzero(values)
     codebook, codes = np.unique(values[keys], return_inverse=True)
     if codebook.size > 2**t:
@@ -245,23 +254,28 @@ def decode(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...])
     return ops.decode(meta, bytes(sections["table"]), lut, size).reshape(shape)
 
 
-def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) -> dict:
+def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...], *, measure: bool = True) -> dict:
     """Figures for ``inspect``: size against the ``n * t`` bound, expected and measured false positives.
 
     Parameters
     ----------
     meta, sections, shape
         As for :func:`decode`.
+    measure : bool, optional
+        Decode the tensor (float32 of ``shape``: memory and time in proportion to its size)
+        to count the false positives; with False, ``measured_false_positives`` and
+        ``nonzero`` are None and nothing is decoded.
 
     Returns
     -------
     dict
         ``filter``, ``n`` (stored non-zeros), ``m`` (cells), ``t``, ``clusters`` (K),
-        ``bits_per_nonzero`` (all sections) and ``table_bits_per_nonzero``, ``bytes`` and
-        ``section_bytes``, ``bound_bytes`` (``n * t / 8``, the least any retrieval structure
-        needs, plus the codebook), ``overhead_percent``, ``expected_false_positives``
-        (``(size - n) * K / 2**t``) and ``measured_false_positives`` (decoded non-zeros
-        minus ``n``: every stored key decodes to its non-zero centroid).
+        ``nonzero`` (decoded non-zeros), ``bits_per_nonzero`` (all sections) and
+        ``table_bits_per_nonzero``, ``bytes`` and ``section_bytes``, ``bound_bytes``
+        (``n * t / 8``, the least any retrieval structure needs, plus the codebook),
+        ``overhead_percent``, ``expected_false_positives`` (``(size - n) * K / 2**t``) and
+        ``measured_false_positives`` (decoded non-zeros minus ``n``: every stored key
+        decodes to its non-zero centroid).
 
     Raises
     ------
@@ -276,25 +290,21 @@ def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...
     (4, 39, 1, {'codebook': 4, 'table': 39})
     """
     size = math.prod(shape)
-    decoded = decode(meta, sections, shape)
+    _read_params(meta, sections, size)
     n, t, clusters = meta["n"], meta["t"], meta["K"]
-    section_bytes = {name: len(sections[name]) for name in SECTIONS}
-    total = sum(section_bytes.values())
-    bound = n * t / BITS_PER_BYTE + section_bytes["codebook"]
+    nonzero = int(np.count_nonzero(decode(meta, sections, shape))) if measure else None
+    bound = n * t / BITS_PER_BYTE + len(sections["codebook"])
     return {
         "filter": meta["filter"],
         "n": n,
         "m": meta.get("m"),
         "t": t,
         "clusters": clusters,
-        "bits_per_nonzero": _per(BITS_PER_BYTE * total, n),
-        "table_bits_per_nonzero": _per(BITS_PER_BYTE * section_bytes["table"], n),
-        "bytes": total,
-        "section_bytes": section_bytes,
-        "bound_bytes": bound,
-        "overhead_percent": _per(100.0 * (total - bound), bound),
+        "nonzero": nonzero,
+        "table_bits_per_nonzero": per(BITS_PER_BYTE * len(sections["table"]), n),
+        **size_figures(sections, SECTIONS, bound, n),
         "expected_false_positives": expected_false_positives(clusters, t, size - n),
-        "measured_false_positives": int(np.count_nonzero(decoded)) - n,
+        "measured_false_positives": None if nonzero is None else nonzero - n,
     }
 
 
@@ -410,52 +420,16 @@ def _check_t(t: int) -> int:
     return int(t)
 
 
-def _check_array(array: np.ndarray) -> np.ndarray:
-    """The array as flat float32 after checking dtype and finiteness."""
-    array = np.asarray(array)
-    if array.dtype.kind != "f" or array.dtype.itemsize != 4:
-        raise EncodeError(
-            f"weightless codec encodes float32 arrays, got {array.dtype}; convert with .astype(np.float32) first"
-        )
-    values = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
-        raise EncodeError(
-            f"weightless codec needs finite values; array holds {n_nan} NaN and {n_inf} infinite values "
-            f"(first at flat index {int(np.argmax(bad))})"
-        )
-    return values
-
-
 def _read_params(meta: Mapping, sections: Mapping[str, bytes], size: int) -> tuple[Filter, np.ndarray, int]:
     """Check the common parameters and the codebook; return the filter, codebook and ``t``."""
-    if sorted(sections) != sorted(SECTIONS):
-        raise CorruptFileError(f"weightless tensor has sections {sorted(sections)}; expected {list(SECTIONS)}")
-    if not isinstance(meta.get("filter"), str):
-        raise CorruptFileError(f"weightless tensor meta 'filter' must be a string, got {meta.get('filter')!r}")
-    ops = _filter(meta["filter"], FormatError)
-    t = _meta_int(meta, "t", 1, MAX_T)
-    n = _meta_int(meta, "n", 0, size)
-    clusters = _meta_int(meta, "K", 0, min(2**t, n))
+    check_sections(sections, SECTIONS, NAME)
+    ops = _filter(meta_str(meta, "filter", NAME), FormatError)
+    t = meta_int(meta, "t", 1, MAX_T, NAME)
+    n = meta_int(meta, "n", 0, size, NAME)
+    clusters = meta_int(meta, "K", 0, min(2**t, n), NAME)
     if (clusters == 0) != (n == 0):
         raise CorruptFileError(f"weightless tensor has K={clusters} centroids for n={n} non-zeros")
     data = bytes(sections["codebook"])
     if len(data) != clusters * CENTROID_DTYPE.itemsize:
         raise CorruptFileError(f"weightless codebook is {len(data)} bytes; K={clusters} needs {clusters * 4}")
-    codebook = np.frombuffer(data, dtype=CENTROID_DTYPE).astype(np.float32)
-    if not np.all(np.isfinite(codebook)) or np.any(codebook == 0) or np.any(np.diff(codebook) <= 0):
-        raise CorruptFileError("weightless codebook must hold finite, non-zero, strictly ascending centroids")
-    return ops, codebook, t
-
-
-def _meta_int(meta: Mapping, key: str, low: int, high: int) -> int:
-    value = meta.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise CorruptFileError(f"weightless tensor meta {key!r} is {value!r}; expected an int in {low}..{high}")
-    return value
-
-
-def _per(numerator: float, denominator: float) -> float:
-    """``numerator / denominator``, or 0.0 when there is nothing to divide by."""
-    return numerator / denominator if denominator else 0.0
+    return ops, read_codebook(data, clusters, NAME), t

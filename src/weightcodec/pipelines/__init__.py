@@ -3,9 +3,22 @@
 :mod:`.data` (MNIST), :mod:`.models` (the LeNets), :mod:`.training` (train / evaluate / retrain),
 :mod:`.settings` (per-model settings, as data), :mod:`.steps` (prune, cluster, encode a layer,
 freeze, retrain, read back), :mod:`.sweep` (the search over a filter's ``t``),
-:mod:`.deep_compression` (Han et al. 2016) and :mod:`.weightless` (Reagen et al. 2018), which
-only order the steps, :mod:`.report` and :mod:`.plots` (the Weightless results page and figures)
-and :mod:`.reproduce` (``weightcodec reproduce``).
+:mod:`.deep_compression` (Han et al. 2016), :mod:`.weightless` (Reagen et al. 2018) and
+:mod:`.auto` (per-layer choices within an error target), which only order the steps,
+:mod:`.report` and :mod:`.plots` (results pages and figures) and :mod:`.reproduce`
+(``weightcodec reproduce``).
 """
 
-__all__ = ["data", "models", "training", "settings", "steps", "sweep", "deep_compression", "weightless", "report", "reproduce"]
+__all__ = [
+    "data",
+    "models",
+    "training",
+    "settings",
+    "steps",
+    "sweep",
+    "deep_compression",
+    "weightless",
+    "auto",
+    "report",
+    "reproduce",
+]

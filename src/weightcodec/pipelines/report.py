@@ -372,7 +372,7 @@ def write_markdown(results_dir: Path = Path("benchmarks/results"), models: Itera
 
 # ----------------------------------------------------------------------------- auto.md
 
-#: The issue's targets for the automatic search: (ratio at least, test error at most in percent).
+#: The acceptance criteria of the automatic search: (ratio at least, test error at most in percent).
 AUTO_TARGETS = {"lenet300": (100.0, 1.64), "lenet5": (200.0, 0.80)}
 
 
@@ -473,11 +473,29 @@ def _auto_limits(result: dict) -> list[str]:
         stop = f"level {prune['kept_level']} was over the allowance {prune['allowance']:.2f} already"
     else:
         stop = "the schedule ended (a longer one, with its training time, could go further)"
-    return [
+    lines = [
         f"What limits it: header and framing {header} B, weights {weights} B, other tensors {others} B "
         f"(of {result['file_bytes']} B); pruning stopped at level {prune['kept_level']}: {stop}.",
         "",
     ]
+    if any("valid_error_before" not in layer["clusters"] for layer in result["search"]["layers"].values()):
+        lines += [
+            "This file was written by an earlier search, without the rule that a step starting over its "
+            "allowance may still not make the error worse than it found it: every weight fell back to the "
+            "largest K and every bias to raw float32 once the budget was spent.",
+            "",
+        ]
+    pruned, budget = result["search"]["pruned_valid_error"], result["search"]["budget"]["valid_budget"]
+    if pruned > budget:
+        lines += [
+            f"The pruning alone left {pruned:.2f} on validation, over the budget {budget:.2f}: every later step "
+            "could at best hold the error, so the file misses its error target whatever K and codecs follow. "
+            "What would move it: longer pruning levels (more epochs of DNS and of retraining after each cut, "
+            "as the time of the run allows), a first level nearer the baseline so that the search can stop "
+            "before the budget is spent, and milder sparsity on the small layers, which cost few bytes.",
+            "",
+        ]
+    return lines
 
 
 def write_auto_markdown(results_dir: Path = Path("benchmarks/results"), models: Iterable[str] = ("lenet300", "lenet5")) -> Path:

@@ -50,6 +50,8 @@ FULL_RUNS = {
     ("lenet300", "weightless"): {"baseline_test_error": 0.93, "test_error": 1.29, "file_bytes": 14568, "ratio": 73.2},
     ("lenet5", "deep"): {"baseline_test_error": 0.52, "test_error": 0.59, "file_bytes": 35186, "ratio": 49.01},
     ("lenet5", "weightless"): {"baseline_test_error": 0.52, "test_error": 1.03, "file_bytes": 13966, "ratio": 123.47},
+    ("lenet300", "auto"): {"baseline_test_error": 0.93, "test_error": 1.89, "file_bytes": 10581, "ratio": 100.79},
+    ("lenet5", "auto"): {"baseline_test_error": 0.52, "test_error": 1.11, "file_bytes": 14076, "ratio": 122.5},
 }
 # The figures format_summary() prints: (result key, label, format of one value).
 SUMMARY_FIGURES = (
@@ -143,6 +145,8 @@ def reproduce(
     json_path = Path(results_dir) / f"{stem}.json"
     out_path = Path(out_path) if out_path is not None else Path(results_dir) / f"{stem}.wcz"
     with ExitStack() as scratch:
+        scratch.callback(torch.set_num_threads, torch.get_num_threads())  # restored however the run ends
+        torch.set_num_threads(threads)
         if not runtime.is_main:  # the same pipeline, its files out of rank 0's way
             folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix=f"weightcodec-rank{runtime.rank}-")))
             results_dir, out_path = folder, folder / out_path.name
