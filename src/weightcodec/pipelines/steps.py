@@ -361,7 +361,7 @@ def encode_and_measure(
         filter=filter,
         t=t,
         bytes=record.nbytes,
-        false_positives=weightless_codec.measured_false_positives(weight.numpy(), decoded.numpy()),
+        false_positives=weightless_codec.measured_false_positives(weight.cpu().numpy(), decoded.cpu().numpy()),
         expected_false_positives=weightless_codec.expected_false_positives(clusters, t, zeros),
     )
     return record, decoded, encoding

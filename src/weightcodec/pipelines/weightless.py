@@ -196,7 +196,7 @@ def _weightless_stage(model: nn.Module, name: str, baseline: float, ctx: _Contex
     settings, plan = ctx.settings, ctx.settings.layers[name]
     weight = lambda: model.get_parameter(name).detach()  # noqa: E731 (re-read: clustering replaces the Parameter)
     unmask_(model, [name])
-    pruned = weight()[weight() != 0].numpy()
+    pruned = weight()[weight() != 0].cpu().numpy()
     start = copy.deepcopy(model.state_dict())
     max_bytes = FLOAT32_BYTES * weight().numel() / settings.min_ratio if settings.min_ratio else math.inf
     sweep = partial(sweep_t, model, name, config=settings.sweep, loader=ctx.loader(settings.sweep, 2), splits=ctx.splits,
