@@ -391,7 +391,7 @@ def test_internal_errors_say_so(run, monkeypatch, weights, tmp_path):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("oops")
 
-    monkeypatch.setattr(weightcodec.api, "compress", broken)
+    monkeypatch.setattr(weightcodec.api, "compress_file", broken)
     code, _, err = run("encode", weights[0], "-o", tmp_path / "o.wcz", "--codec", "raw")
     assert code == 3
     assert_one_line_error(err, "internal error (ZeroDivisionError: oops); rerun with --debug and report it")

@@ -146,6 +146,16 @@ HOSTILE = {
     "raw dtype missing": one(meta={}),
     "raw length does not match shape": one(shape=[2]),
     "raw big-endian": one(meta={"dtype": ">f4"}),
+    "alias with sections": craft({"metadata": {}, "tensors": [entry(), entry(name="u", codec="alias", meta={"target": "t"},
+                                                                           sections=[["data", 4, 4, zlib.crc32(b"\0" * 4)]])]}, b"\0" * 8),
+    "alias of a later tensor": craft({"metadata": {}, "tensors": [entry(name="u", codec="alias", meta={"target": "t"}, sections=[]), entry()]}, b"\0" * 4),
+    "alias of itself": craft({"metadata": {}, "tensors": [entry(name="u", codec="alias", meta={"target": "u"}, sections=[])]}),
+    "alias of a missing tensor": craft({"metadata": {}, "tensors": [entry(), entry(name="u", codec="alias", meta={"target": "v"}, sections=[])]}, b"\0" * 4),
+    "alias of an alias": craft({"metadata": {}, "tensors": [entry(), entry(name="u", codec="alias", meta={"target": "t"}, sections=[]),
+                                                            entry(name="v", codec="alias", meta={"target": "u"}, sections=[])]}, b"\0" * 4),
+    "alias of another shape": craft({"metadata": {}, "tensors": [entry(), entry(name="u", codec="alias", shape=[2], meta={"target": "t"}, sections=[])]}, b"\0" * 4),
+    "alias of another dtype": craft({"metadata": {}, "tensors": [entry(), entry(name="u", codec="alias", dtype="int32", meta={"target": "t"}, sections=[])]}, b"\0" * 4),
+    "alias target not a string": craft({"metadata": {}, "tensors": [entry(), entry(name="u", codec="alias", meta={"target": 0}, sections=[])]}, b"\0" * 4),
     "version 0": craft({"metadata": {}, "tensors": []}, major=0),
     "version from the future": craft({"metadata": {}, "tensors": []}, major=3, minor=3),
 }
@@ -155,6 +165,12 @@ HOSTILE = {
 def test_hostile_files_are_rejected(name):
     with pytest.raises(FormatError):
         container.from_bytes(HOSTILE[name]).arrays()
+
+
+def test_an_alias_decodes_as_its_target():
+    data = b"\0\0\x80?"
+    wcz = container.from_bytes(craft({"metadata": {}, "tensors": [entry(data), entry(name="u", codec="alias", meta={"target": "t"}, sections=[])]}, data))
+    assert wcz.decode("u").tolist() == [1.0] and wcz.record("u").nbytes == 0
 
 
 def test_a_newer_minor_version_is_read():

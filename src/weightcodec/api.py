@@ -17,8 +17,11 @@ What happens to each tensor (see :mod:`weightcodec.recipe` for the rules):
    and its non-zeros are clustered to ``K`` shared values (1-D k-means). With a training hook
    the model is retrained after each step, through the :mod:`weightcodec.simplify`
    parametrizations so that any training loop keeps pruned weights zero and shared weights tied.
-3. **Encode.** Each weight goes to its rule's codec; all other tensors are stored raw. The file
-   records the original dtype (float32, float16, bfloat16) and restores it on load.
+3. **Encode.** Each weight goes to its rule's codec; all other tensors are stored raw (integer
+   buffers such as ``position_ids`` exactly). The file records the original dtype (float32,
+   float16, bfloat16, ...) and restores it on load. A tensor that is the same storage as an
+   earlier one (tied weights) is stored once, as an ``alias`` of the first name, follows that
+   name's rule, and comes back tied.
 
 A model passed to :func:`compress` is simplified **in place**, as :mod:`torch.nn.utils.prune`
 does: afterwards it holds exactly the weights the file stores (for the lossless codecs), which
@@ -39,6 +42,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, container, distributed, tensors
 from .codecs import deep
+from .codecs.parallel import ordered_map
 from .errors import EncodeError, WeightcodecError
 from .recipe import CLUSTERED, PRUNED, Recipe, Rule, as_recipe, load_entry_point, load_hook
 from .simplify import cluster, prune
@@ -51,6 +55,8 @@ __all__ = [
     "plan",
     "apply_recipe",
     "compress",
+    "compress_file",
+    "decompress_file",
     "load",
     "load_bytes",
     "load_into",
@@ -218,11 +224,14 @@ def apply_recipe(
             f"the recipe's training hook {recipe.hook!r} needs a model; pass the nn.Module, not its state_dict"
         )
     state = model_or_state_dict.state_dict() if is_model else dict(model_or_state_dict)
-    steps = plan(state, compressible_names(model_or_state_dict), recipe)
+    aliases = tensors.shared_aliases(state)
+    names = [name for name in compressible_names(model_or_state_dict) if name not in aliases]
+    steps = plan(state, names, recipe)
     if hook is not None:
         _simplify_model(model_or_state_dict, steps, hook, seed, progress)
         return model_or_state_dict.state_dict(), steps
     simplified = {**state, **_simplify_tensors(state, steps, seed, progress)}
+    simplified.update({name: simplified[target] for name, target in aliases.items()})  # tied stays tied
     if is_model:
         model_or_state_dict.load_state_dict(simplified)
     return simplified, steps
@@ -232,11 +241,14 @@ def _simplify_tensors(state: Mapping[str, torch.Tensor], steps: dict[str, Step],
     """Data-free: prune each weight to its mask, then cluster its non-zeros (same dtype back)."""
     todo = [step for step in steps.values() if step.mask is not None]
     return {
-        step.name: cluster.quantize(
-            state[step.name].detach() * step.mask, step.rule.clusters, init=step.rule.init, seed=seed
-        )
+        step.name: _simplify_tensor(state[step.name], step, seed)
         for step in tqdm(todo, desc="clustering", unit="tensor", disable=not progress or not todo)
     }
+
+
+def _simplify_tensor(tensor: torch.Tensor, step: Step, seed: int) -> torch.Tensor:
+    """Prune one weight to its step's mask, then cluster its non-zeros (same dtype back)."""
+    return cluster.quantize(tensor.detach() * step.mask, step.rule.clusters, init=step.rule.init, seed=seed)
 
 
 def _simplify_model(model: nn.Module, steps: dict[str, Step], hook: Callable, seed: int, progress: bool) -> None:
@@ -332,15 +344,98 @@ def compress(
     if path is not None:
         container.check_writable(path)
     state, steps = apply_recipe(model_or_state_dict, recipe, seed=seed, progress=progress)
+    aliases = tensors.shared_aliases(state)
     records = [
-        _encode(name, tensor, steps.get(name), seed)
+        tensors.encode_alias(name, tensor, aliases[name]) if name in aliases else _encode(name, tensor, steps.get(name), seed)
         for name, tensor in tqdm(state.items(), desc="encoding", unit="tensor", disable=not progress)
     ]
-    metadata = {"producer": f"weightcodec {__version__}", "recipe": recipe.to_json(), "seed": str(seed)}
-    data = container.to_bytes(records, metadata)
+    data = container.to_bytes(records, _metadata(recipe, seed))
     if path is not None:
         container.atomic_write_bytes(Path(path), data)
     return data
+
+
+def compress_file(
+    source: str | os.PathLike | tensors.StateDictFile,
+    recipe: Recipe | Mapping | str | os.PathLike | None,
+    path: str | os.PathLike,
+    *,
+    seed: int = 0,
+    jobs: int = 1,
+    progress: bool = False,
+) -> int:
+    """Compress a state_dict file into a ``.wcz`` file one tensor at a time, in bounded memory.
+
+    The file written is the one :func:`compress` writes for the same state_dict, recipe and
+    seed, but the model is never held whole: a first pass reads each tensor (memory-mapped, see
+    :class:`~weightcodec.tensors.StateDictFile`) and checks it, so that every offender is
+    reported before any work; the second reads, simplifies and encodes each tensor and streams
+    its sections to the file (:func:`weightcodec.container.write`) before the next is read.
+    Peak memory is that of about ``jobs`` tensors, whatever the model's size.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or StateDictFile
+        A ``.safetensors`` / ``.pt`` / ``.pth`` state_dict file.
+    recipe : Recipe, dict, path or None
+        See :func:`weightcodec.recipe.as_recipe`; a training hook needs a model (use :func:`compress`).
+    path : str or os.PathLike
+        The ``.wcz`` file, written atomically.
+    seed : int
+        As for :func:`compress`.
+    jobs : int
+        Tensors encoded at once, on threads (default 1). The bytes do not depend on it.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    int
+        Size of the file written, in bytes.
+
+    Raises
+    ------
+    EncodeError
+        As :func:`compress`: every offending tensor is listed, and no file is written.
+    """
+    recipe = as_recipe(recipe)
+    if load_hook(recipe) is not None:
+        raise EncodeError(
+            f"the recipe's training hook {recipe.hook!r} needs a model; use weightcodec.compress(model, ...)"
+        )
+    container.check_writable(path)
+    source = source if isinstance(source, tensors.StateDictFile) else tensors.StateDictFile(source)
+    rules = recipe.assign(compressible_names(source.specs))
+
+    def check(name: str) -> str | bool:
+        """The problem that stops ``name`` from being encoded, else whether it needs simplifying."""
+        step, problem = _plan_tensor(name, source[name], rules[name])
+        return problem or step.mask is not None
+
+    # first pass: every offender is reported before anything is encoded, as plan() does; only
+    # a flag per tensor is kept (its mask is recomputed when it is encoded), so memory stays bounded
+    checks = dict(zip(rules, ordered_map(check, list(rules), jobs)))
+    problems = [c for c in checks.values() if isinstance(c, str)]
+    if problems:
+        raise EncodeError("; ".join(problems))
+
+    def encode_one(name: str) -> container.TensorRecord:
+        tensor = source[name]
+        if name not in rules:
+            return _encode(name, tensor, None, seed)
+        step = Step(name, rules[name], None)
+        if checks[name] is True:
+            step, _ = _plan_tensor(name, tensor, rules[name])
+            tensor = _simplify_tensor(tensor, step, seed)
+        return _encode(name, tensor, step, seed)
+
+    records = ordered_map(encode_one, list(source), jobs)
+    records = tqdm(records, desc="encoding", unit="tensor", total=len(source), disable=not progress)
+    return container.write(path, records, _metadata(recipe, seed))
+
+
+def _metadata(recipe: Recipe, seed: int) -> dict[str, str]:
+    return {"producer": f"weightcodec {__version__}", "recipe": recipe.to_json(), "seed": str(seed)}
 
 
 def _encode(name: str, tensor: torch.Tensor, step: Step | None, seed: int) -> container.TensorRecord:
@@ -380,6 +475,49 @@ def load(path: str | os.PathLike, *, max_bytes: int | None = None) -> StateDict:
         :class:`~weightcodec.errors.MemoryBudgetError` if it decodes to more than ``max_bytes``.
     """
     return tensors.decode_file(container.read(path), max_bytes=max_bytes)
+
+
+def decompress_file(
+    wcz_path: str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    jobs: int = 1,
+    max_bytes: int | None = None,
+    progress: bool = False,
+) -> None:
+    """Decode a ``.wcz`` file into a state_dict file (``.safetensors``, ``.pt``, ``.pth``), atomically.
+
+    A ``.safetensors`` file is written tensor by tensor, so peak memory is that of about
+    ``jobs`` decoded tensors, and only the ``jobs`` largest tensors are checked against the
+    memory budget ``max_bytes``; ``.pt`` needs every tensor at once (``torch.save``), so the
+    whole file is checked, as :func:`load` does. Same bytes as saving :func:`load`'s state_dict
+    with :func:`weightcodec.tensors.save_state_dict`, whatever ``jobs``.
+
+    Raises
+    ------
+    WeightcodecError
+        As :func:`load`, or if ``path`` cannot be written.
+    """
+    container.check_writable(path)
+    wcz = container.read(wcz_path)
+    records = {rec.name: rec for rec in wcz.records}
+    held_together = list(records.values())
+    if Path(path).suffix == ".safetensors":
+        held_together = sorted(held_together, key=container.decoded_nbytes, reverse=True)[: max(jobs, 1)]
+    container.check_budget(held_together, max_bytes)
+    specs = {
+        name: torch.empty(rec.shape, dtype=tensors.TORCH_DTYPES[rec.dtype], device="meta")
+        for name, rec in records.items()
+    }
+
+    def decode_one(name: str) -> torch.Tensor:
+        return tensors.numpy_to_tensor(wcz.decode(name), records[name].dtype)
+
+    def produce(names: list[str]):
+        decoded = ordered_map(decode_one, names, jobs)
+        return tqdm(decoded, desc="decoding", unit="tensor", total=len(names), disable=not progress)
+
+    tensors.write_state_dict(path, specs, produce)
 
 
 def load_bytes(data: bytes, *, max_bytes: int | None = None) -> StateDict:

@@ -136,6 +136,7 @@ def _add_encode(commands, common) -> None:
                    "each tensor's quantizer and step are chosen for the least weight error that fits")
     p.add_argument("--ratio", type=float, help="like --size, as the input's bytes divided by RATIO")
     p.add_argument("--seed", type=int, default=0, help="seed of random choices (default 0)")
+    _add_jobs(p, "encode")
     p.set_defaults(run=_run_encode)
 
 
@@ -146,7 +147,15 @@ def _add_decode(commands, common) -> None:
     p.add_argument("--onnx", type=Path, metavar="MODEL.onnx",
                    help="write the weights into this ONNX graph's initializers (matched by name)")
     _add_max_memory(p, "a file whose tensors decode to more is refused before anything is decoded")
+    _add_jobs(p, "decode")
     p.set_defaults(run=_run_decode)
+
+
+def _add_jobs(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument(
+        "--jobs", "-j", type=_positive_int, default=1,
+        help=f"{verb} this many tensors at once, on threads (default 1; memory grows with it; the output does not change)",
+    )
 
 
 def _add_inspect(commands, common) -> None:
@@ -262,8 +271,8 @@ def _run_encode(args: argparse.Namespace) -> None:
             "with probability K / 2**T (e.g. --t 10 with the default 32 clusters: 3.1 %)"
         )
     recipe = load_recipe(args.recipe) if args.recipe else recipe_from_options(args.codec, **options)
-    state = tensors.load_state_dict(args.input)
-    _write(api.compress(state, recipe, args.output, seed=args.seed, progress=not args.quiet), args.output)
+    api.compress_file(args.input, recipe, args.output, seed=args.seed, jobs=args.jobs, progress=not args.quiet)
+    _say(f"wrote {args.output}: {report.headline(container.read(args.output))}")
 
 
 def _run_compress(args: argparse.Namespace) -> None:
@@ -303,7 +312,7 @@ def _size(text: str) -> int:
 
 def _run_decode(args: argparse.Namespace) -> None:
     if args.onnx is None:
-        tensors.save_state_dict(api.load(args.input, max_bytes=args.max_memory), args.output)
+        api.decompress_file(args.input, args.output, jobs=args.jobs, max_bytes=args.max_memory, progress=not args.quiet)
         _say(f"wrote {args.output}")
         return
     from .onnx_export import export_onnx

@@ -14,19 +14,20 @@ all tensors are summed and checked against it before anything is decoded.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 import struct
 import tempfile
 import zlib
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from .codecs import Encoded, get_codec, raw
+from .codecs import Encoded, alias, get_codec, raw
 from .errors import CorruptFileError, FormatError, MemoryBudgetError, WeightcodecError
 from .header import MAX_HEADER_BYTES, clip, decode_header, encode_header, is_text
 
@@ -40,6 +41,7 @@ __all__ = [
     "write",
     "read",
     "atomic_write_bytes",
+    "atomic_writer",
     "check_writable",
     "available_memory",
     "decoded_nbytes",
@@ -109,6 +111,8 @@ class WczFile:
             If its data cannot be decoded.
         """
         record = self.record(name)
+        if record.encoded.codec == alias.NAME:
+            return self.decode(alias.target(record.encoded.meta), max_bytes=max_bytes)
         check_budget([record], max_bytes)
         return decode_record(record)
 
@@ -129,7 +133,11 @@ class WczFile:
     def arrays(self, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
         """Decode every tensor, in file order, after checking the whole file against the budget."""
         check_budget(self.records, max_bytes)
-        return {rec.name: decode_record(rec) for rec in self.records}
+        arrays: dict[str, np.ndarray] = {}
+        for rec in self.records:
+            is_alias = rec.encoded.codec == alias.NAME  # its target is an earlier record (checked on reading)
+            arrays[rec.name] = arrays[alias.target(rec.encoded.meta)] if is_alias else decode_record(rec)
+        return arrays
 
 
 def decode_record(record: TensorRecord) -> np.ndarray:
@@ -168,6 +176,8 @@ def decoded_nbytes(record: TensorRecord) -> int:
     """
     if record.encoded.codec == raw.NAME:
         return sum(len(data) for data in record.encoded.sections.values())
+    if record.encoded.codec == alias.NAME:
+        return 0  # decodes to its target's array, shared
     return math.prod(record.shape) * DECODED_ITEMSIZE
 
 
@@ -229,21 +239,67 @@ def _size(nbytes: int) -> str:
 
 
 # ----------------------------------------------------------------------------- writing
+#
+# The header (which lists every section's offset and CRC) comes first in the file but is known
+# only once every tensor is encoded. So that a file of any size is written in bounded memory,
+# :func:`write` spools the sections to a temporary file as the records arrive, then writes the
+# preamble and header to a second temporary file, appends the spool and renames it into place.
+# :func:`to_bytes` lays out the same bytes in memory; both share the per-record and header steps.
 
 
 def to_bytes(records: Iterable[TensorRecord], metadata: Mapping[str, str] | None = None) -> bytes:
     """Serialise ``records`` into the bytes of a ``.wcz`` file (deterministic for equal input)."""
-    records = list(records)
-    _check_records(records)
-    entries, chunks, offset = [], [], 0
+    layout, chunks = _Layout(metadata), []
     for rec in records:
-        sections = []
+        chunks.extend(layout.add(rec))
+    return b"".join([layout.preamble_and_header(), *chunks])
+
+
+def write(path: str | os.PathLike, records: Iterable[TensorRecord], metadata: Mapping[str, str] | None = None) -> int:
+    """Write a ``.wcz`` file atomically, streaming; return its size in bytes.
+
+    ``records`` may be any iterable (a generator that encodes one tensor at a time): each
+    record's sections go to a temporary spool file in the target folder as it arrives, so only
+    one record is held at a time. The bytes are those of :func:`to_bytes`. If anything fails
+    (including the iterable raising), no file and no temporary file is left behind.
+    """
+    path = check_writable(path)
+    layout = _Layout(metadata)
+    with tempfile.TemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".spool") as spool:
+        for rec in records:
+            for data in layout.add(rec):
+                spool.write(data)
+        head = layout.preamble_and_header()
+        spool.seek(0)
+        with atomic_writer(path) as out:
+            out.write(head)
+            shutil.copyfileobj(spool, out, _COPY_BYTES)
+    return len(head) + layout.offset
+
+
+_COPY_BYTES = 1 << 20
+
+
+class _Layout:
+    """The header being built: one entry per record, section offsets counted as records arrive."""
+
+    def __init__(self, metadata: Mapping[str, str] | None):
+        self.metadata = dict(metadata or {})
+        self.entries: list[dict] = []
+        self.names: set[str] = set()
+        self.offset = 0
+
+    def add(self, rec: TensorRecord) -> list[bytes]:
+        """Check ``rec``, add its header entry; return its sections' bytes, in file order."""
+        _check_record(rec, self.names)
+        self.names.add(rec.name)
+        sections, chunks = [], []
         for sec_name, data in rec.encoded.sections.items():
             data = bytes(data)
-            sections.append([sec_name, offset, len(data), zlib.crc32(data)])
+            sections.append([sec_name, self.offset, len(data), zlib.crc32(data)])
             chunks.append(data)
-            offset += len(data)
-        entries.append(
+            self.offset += len(data)
+        self.entries.append(
             {
                 "name": rec.name,
                 "dtype": rec.dtype,
@@ -253,24 +309,27 @@ def to_bytes(records: Iterable[TensorRecord], metadata: Mapping[str, str] | None
                 "sections": sections,
             }
         )
-    header = encode_header(metadata or {}, entries)
-    fixed = PREAMBLE.pack(MAGIC, VERSION[0], VERSION[1], len(header), 0)[:CRC_OFFSET]
-    preamble = fixed + struct.pack("<I", zlib.crc32(header, zlib.crc32(fixed)))
-    return b"".join([preamble, header, *chunks])
+        return chunks
 
-
-def write(path: str | os.PathLike, records: Iterable[TensorRecord], metadata: Mapping[str, str] | None = None) -> int:
-    """Write a ``.wcz`` file atomically (temporary file, then rename); return its size in bytes.
-
-    If anything fails, no file (and no partial file) is left at ``path``.
-    """
-    data = to_bytes(records, metadata)
-    atomic_write_bytes(Path(path), data)
-    return len(data)
+    def preamble_and_header(self) -> bytes:
+        """The 20-byte preamble and the header (:func:`~weightcodec.header.encode_header`) of every record added so far."""
+        header = encode_header(self.metadata, self.entries)
+        fixed = PREAMBLE.pack(MAGIC, VERSION[0], VERSION[1], len(header), 0)[:CRC_OFFSET]
+        return fixed + struct.pack("<I", zlib.crc32(header, zlib.crc32(fixed))) + header
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename (:func:`atomic_writer`)."""
+    with atomic_writer(path) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file handle on a temporary file next to ``path``, renamed to ``path`` on success.
+
+    Write as much as needed, as it is produced (no copy of the whole output in memory); if the
+    ``with`` block raises, the temporary file is removed and ``path`` is untouched.
 
     Raises
     ------
@@ -285,7 +344,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise WeightcodecError(f"{path}: cannot write: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
         # mkstemp creates the file private (0600); give it the mode a plain open() would have
         umask = os.umask(0)
         os.umask(umask)
@@ -314,13 +373,12 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
-def _check_records(records: list[TensorRecord]) -> None:
-    duplicates = sorted(name for name, times in Counter(r.name for r in records).items() if times > 1)
-    if duplicates:
-        raise WeightcodecError(f"tensor names must be unique; repeated: {duplicates}")
-    bad_dtypes = [(r.name, r.dtype) for r in records if r.dtype not in DTYPES]
-    if bad_dtypes:
-        raise WeightcodecError(f"unsupported dtypes {bad_dtypes}; supported: {list(DTYPES)}")
+def _check_record(rec: TensorRecord, names: set[str]) -> None:
+    """Refuse a record whose name is already in ``names`` or whose dtype the format cannot hold."""
+    if rec.name in names:
+        raise WeightcodecError(f"tensor names must be unique; repeated: {rec.name!r}")
+    if rec.dtype not in DTYPES:
+        raise WeightcodecError(f"unsupported dtype {rec.dtype!r} of tensor {rec.name!r}; supported: {list(DTYPES)}")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -421,7 +479,27 @@ def _parse_tensors(entries: list, data_area: memoryview) -> list[TensorRecord]:
         raise CorruptFileError(
             f"{len(data_area) - expected_offset} unexpected bytes after the last section (trailing data)"
         )
+    _check_aliases(records)
     return records
+
+
+def _check_aliases(records: list[TensorRecord]) -> None:
+    """An alias has no sections and names an earlier tensor, not itself an alias, of its dtype and shape."""
+    earlier: dict[str, TensorRecord] = {}
+    for record in records:
+        if record.encoded.codec == alias.NAME:
+            target = earlier.get(alias.target(record.encoded.meta))
+            if record.encoded.sections or target is None or target.encoded.codec == alias.NAME:
+                raise CorruptFileError(
+                    f"tensor {record.name!r}: an alias must have no sections and name an earlier tensor that is "
+                    f"not an alias; it names {record.encoded.meta.get('target')!r}"
+                )
+            if (target.dtype, target.shape) != (record.dtype, record.shape):
+                raise CorruptFileError(
+                    f"tensor {record.name!r} ({record.dtype} {list(record.shape)}) is an alias of {target.name!r} "
+                    f"({target.dtype} {list(target.shape)}); an alias has its target's dtype and shape"
+                )
+        earlier[record.name] = record
 
 
 def _check_entry(index: int, entry: Any):

@@ -282,3 +282,30 @@ def test_weightless_codec_roundtrip_with_ribbon(shape, density, sparse_layer):
         assert 8 * len(encoded.sections["table"]) / mask.sum() <= 1.05 * 8
     with pytest.raises(CorruptFileError, match="seed"):
         weightless.decode({**encoded.meta, "seed": 3}, encoded.sections, shape)
+
+
+def test_numba_and_llvmlite_are_the_tested_versions():
+    """The decode kernel's hand-written LLVM IR was tested with one numba/llvmlite series only.
+
+    Fails loudly on any other installed version, and if pyproject.toml or constraints.txt stop
+    bounding them to that series.
+    """
+    import re
+    from pathlib import Path
+
+    import llvmlite
+    import numba
+
+    from weightcodec.codecs import ribbon
+
+    for package, module, tested in (("numba", numba, ribbon.TESTED_NUMBA), ("llvmlite", llvmlite, ribbon.TESTED_LLVMLITE)):
+        assert module.__version__.startswith(tested + "."), (
+            f"{package} {module.__version__} is installed; ribbon's LLVM IR is tested with {tested}.x only: "
+            f"install {package}=={tested}.* or re-test ribbon and raise TESTED_{package.upper()}"
+        )
+        major, minor = map(int, tested.split("."))
+        bound = f"{package}>={tested},<{major}.{minor + 1}"
+        root = Path(__file__).resolve().parents[2]
+        for name in ("pyproject.toml", "constraints.txt"):
+            text = re.sub(r"\s", "", (root / name).read_text())
+            assert bound in text, f"{name} must bound {package} to {bound}"

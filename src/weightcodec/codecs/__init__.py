@@ -45,3 +45,8 @@ register(deep)
 from . import uniform  # noqa: E402
 
 register(uniform)
+
+
+from . import alias  # noqa: E402
+
+register(alias)

@@ -301,7 +301,7 @@ def _encode_streams(
 ) -> _Candidate:
     """Entropy-code the gaps and the codes (filler code ``clusters``) at one index width."""
     gap_symbols, is_filler = gaps_with_fillers(positions, index_bits)
-    entry_codes = np.full(len(gap_symbols), clusters, dtype=np.int64)  # filler code K
+    entry_codes = np.full(len(gap_symbols), clusters, dtype=np.uint16)  # filler code K <= 256
     entry_codes[~is_filler] = codes
     return _Candidate(index_bits, len(gap_symbols), coder.encode(gap_symbols), coder.encode(entry_codes))
 

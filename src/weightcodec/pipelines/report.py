@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -26,12 +27,14 @@ __all__ = [
     "SAME_WEIGHTS_LIMIT",
     "by_filter",
     "write_markdown",
+    "validation_standard_error",
     "AUTO_TARGETS",
     "auto_markdown",
     "write_auto_markdown",
 ]
 
 BITS_PER_BYTE = 8
+VALID_IMAGES = 10_000  # MNIST's validation split (pipelines.data)
 
 
 # What the paper says about these models (docs/references.md §1.2): only the abstract's "up to 496x"
@@ -43,7 +46,7 @@ PAPER = {
 }
 
 
-def markdown_report(weightless: Mapping[str, dict], deep: Mapping[str, dict]) -> str:
+def markdown_report(weightless: Mapping[str, dict], deep: Mapping[str, dict], identical: Mapping[str, dict] | None = None) -> str:
     """The tables of ``weightless.md``: paper vs ours, and Weightless vs Deep Compression.
 
     Parameters
@@ -51,6 +54,9 @@ def markdown_report(weightless: Mapping[str, dict], deep: Mapping[str, dict]) ->
     weightless, deep : mapping of str to dict
         Per model name, the results of ``reproduce(model, "weightless")`` and
         ``reproduce(model, "deep")`` (a missing deep result leaves its cells as ``-``).
+    identical : mapping of str to dict, optional
+        Per model name, :func:`.weightless.deep_on_identical_weights` of its file, for results
+        written before the pipeline measured it (``frontier.json``'s ``identical``).
 
     Returns
     -------
@@ -81,12 +87,15 @@ def markdown_report(weightless: Mapping[str, dict], deep: Mapping[str, dict]) ->
         "layer in the Deep Compression model (its own sparsity and clusters), with that model's error.",
         "",
         "| model | layer | pruned | K | filter | t | false positives | bytes | vs float32 | test error | "
-        "deep codec, same weights | its test error | deep / Weightless | DC model's layer | its test error | "
-        "DC / Weightless | paper |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "deep codec, same weights | its test error | deep / Weightless | deep codec, identical decoded weights "
+        "(Huffman / ANS) | DC model's layer | its test error | DC / Weightless | paper |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
+    identical = {m: _identical(r, (identical or {}).get(m)) for m, r in weightless.items()}
     for model, result in weightless.items():
         stage, layer = _largest_stage(result)
+        same = (identical[model] or {}).get("layers", {}).get(layer["name"], {}).get("identical_deep_bytes")
+        same_cell = f"{same['huffman']} / {same['ans']} B" if same else "-"
         deep_layer = _deep_layer(deep.get(model), layer["name"])
         paper = PAPER.get(model, {}).get("largest_layer_ratio")
         for point in _chosen_points(stage):
@@ -95,7 +104,8 @@ def markdown_report(weightless: Mapping[str, dict], deep: Mapping[str, dict]) ->
                 f"{layer['K']} | {point['filter']} | {point['t']} | {point['false_positives']} | {point['bytes']} | "
                 f"{4 * layer['elements'] / point['bytes']:.0f}x | {point['test_error']:.2f} | "
                 f"{layer['deep_codec_bytes']} | {stage['clustered']['test_error']:.2f} | "
-                f"{layer['deep_codec_bytes'] / point['bytes']:.2f}x | {_cell(deep_layer, 'bytes')} | "
+                f"{layer['deep_codec_bytes'] / point['bytes']:.2f}x | "
+                f"{same_cell} | {_cell(deep_layer, 'bytes')} | "
                 f"{_cell(deep.get(model), 'test_error', '{:.2f}')} | "
                 f"{_ratio_cell(deep_layer and deep_layer['bytes'], point['bytes'])} | "
                 f"{f'{paper:.0f}x' if paper else '-'} |"
@@ -104,21 +114,28 @@ def markdown_report(weightless: Mapping[str, dict], deep: Mapping[str, dict]) ->
         "",
         "## Whole model (decoded from the file)",
         "",
-        "| model | baseline | pruned | before encoding | Weightless | file | ratio | run (s) | Deep Compression | file | "
-        "ratio | paper |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "*Identical weights, deep codec*: the same decoded model (false positives included, same error) with the "
+        "filter replaced by the deep codec's lossless encoding of exactly those weights (ANS), whole file.",
+        "",
+        "| model | baseline | pruned | before encoding | Weightless | file | ratio | identical weights, deep codec | "
+        "ratio | run (s) | Deep Compression | file | ratio | paper |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for model, result in weightless.items():
         d = deep.get(model)
         paper = PAPER.get(model, {})
         paper_cell = f"{paper['ratio']:.0f}x, {paper['test_error']} %" if "ratio" in paper else "-"
+        same = (identical[model] or {}).get("file_bytes", {}).get("ans")
+        same_cells = f"{same} B | {result['original_bytes'] / same:.1f}x" if same else "- | -"
         lines.append(
             f"| {model} | {result['baseline_test_error']:.2f} | {result['pruned_test_error']:.2f} | "
             f"{result['clustered_test_error']:.2f} | {result['test_error']:.2f} | {result['file_bytes']} B | "
-            f"{result['ratio']:.1f}x | {_cell(result, 'seconds', '{:.0f}')} | {_cell(d, 'test_error', '{:.2f}')} | "
+            f"{result['ratio']:.1f}x | {same_cells} | {_cell(result, 'seconds', '{:.0f}')} | {_cell(d, 'test_error', '{:.2f}')} | "
             f"{_cell(d, 'file_bytes', '{} B')} | "
             f"{_cell(d, 'ratio', '{:.1f}x')} | {paper_cell} |"
         )
+    for model, result in weightless.items():
+        lines += _levers(model, result)
     lines += ["", "## Acceptance criteria", ""]
     for model, result in weightless.items():
         lines += _checks(model, result, deep.get(model))
@@ -157,6 +174,72 @@ SAME_WEIGHTS_LIMIT = (
     "6-bit codes, which the retraining around the filter lets Weightless push further), not over an "
     "entropy coder of identical weights; that is the comparison of the size target above."
 )
+
+
+def _identical(result: dict, measured: dict | None) -> dict | None:
+    """The deep codec on the decoded weights: from the run's own figures, else ``measured`` (or None)."""
+    if "identical_deep_file_bytes" in result:
+        layers = {e["name"]: {"identical_deep_bytes": e["identical_deep_bytes"]} for e in result["encoded_layers"]}
+        return {"file_bytes": result["identical_deep_file_bytes"], "layers": layers}
+    return measured
+
+
+def validation_standard_error(error: float, images: int = VALID_IMAGES) -> float:
+    """Standard error, in points, of an error rate of ``error`` percent measured on ``images`` images.
+
+    Examples
+    --------
+    >>> round(validation_standard_error(0.7), 3)
+    0.083
+    """
+    p = error / 100
+    return 100 * math.sqrt(p * (1 - p) / images)
+
+
+def _levers(model: str, result: dict) -> list[str]:
+    """What each step did to the largest layer's model: pruning, K, seed search, retraining, refinement.
+
+    Only for runs that tried several ``K`` (``clusters_tried``); errors in percent, validation
+    (where choices are made) and test (reported).
+    """
+    stage, layer = _largest_stage(result)
+    if "clusters_tried" not in stage:
+        return []
+    se = validation_standard_error(result["valid_error"])
+    floor = f"; only filters of at most {stage['max_bytes']:.0f} B could be chosen" if stage.get("max_bytes") else ""
+    lines = [
+        "",
+        f"## {model}: what each lever gave ({layer['name']} at {100 * stage['sparsity']:.2f} % sparsity)",
+        "",
+        f"Errors are valid / test in percent; the validation split's standard error is {se:.2f} points "
+        f"(10,000 images){floor}. Pruning (all planned layers together, {result['settings']['pruning']}): "
+        f"baseline {result['baseline_valid_error']:.2f} / {result['baseline_test_error']:.2f} -> pruned "
+        f"{result['pruned_valid_error']:.2f} / {result['pruned_test_error']:.2f}.",
+        "",
+        "| K | t | seed kept | fc bytes | vs float32 | false positives | seeds: valid error before retraining "
+        "(best-loss seed / min / max over seeds) | valid / test after brief retraining |",
+        "|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for tried in stage["clusters_tried"]:
+        clustered = tried["clustered"]
+        lines.append(f"| {tried['K']} | clustered | | | | | | {clustered['valid_error']:.2f} / {clustered['test_error']:.2f} |")
+        for p in tried["sweep"]:
+            seeds = [s["valid_error"] for s in p["seeds"]] or [p["valid_error_encoded"]]
+            lines.append(
+                f"| {tried['K']} | {p['t']} | {p['seed']} | {p['bytes']} | {4 * layer['elements'] / p['bytes']:.0f}x | "
+                f"{p['false_positives']} | {p['valid_error_encoded']:.2f} / {min(seeds):.2f} / {max(seeds):.2f} | "
+                f"{p['valid_error']:.2f} / {p['test_error']:.2f} |"
+            )
+    steps = stage.get("after_steps", {})
+    names = {"swept": "chosen point (brief retraining)", "retrained": "longer retraining of the later layers",
+             "refined": "centroids and later layers fine-tuned, false positives in place"}  # fmt: skip
+    lines += ["", f"Chosen: K = {layer['K']}, t = {layer['t']}, seed {stage.get('chosen_seed', '-')}. Then:", ""]
+    lines += [f"- {names[key]}: {value['valid_error']:.2f} / {value['test_error']:.2f}" for key, value in steps.items()]
+    lines.append(
+        f"- the whole model decoded from the file (after the later layers' own clustering): "
+        f"{result['valid_error']:.2f} / {result['test_error']:.2f}"
+    )
+    return lines + [""]
 
 
 def _limits(model: str, result: dict) -> list[str]:
@@ -261,6 +344,9 @@ def _ratio_cell(numerator: float | None, denominator: float) -> str:
 def write_markdown(results_dir: Path = Path("benchmarks/results"), models: Iterable[str] = ("lenet300", "lenet5")) -> Path:
     """Write ``weightless.md`` in ``results_dir`` from the full (not quick) reproduce results there.
 
+    The deep codec on the identical decoded weights comes from each result, else from
+    ``frontier.json`` (``benchmarks/bench_frontier.py`` measures it on the committed files).
+
     Returns
     -------
     pathlib.Path
@@ -278,8 +364,9 @@ def write_markdown(results_dir: Path = Path("benchmarks/results"), models: Itera
     if not weightless:
         raise WeightcodecError(f"no reproduce-<model>-weightless.json in {results_dir} for {list(models)}")
     deep = {m: r for m in weightless if (r := load(results_dir / f"reproduce-{m}-deep.json")) is not None}
+    identical = (load(results_dir / "frontier.json") or {}).get("identical", {})
     path = results_dir / "weightless.md"
-    container.atomic_write_bytes(path, markdown_report(weightless, deep).encode())
+    container.atomic_write_bytes(path, markdown_report(weightless, deep, identical).encode())
     return path
 
 

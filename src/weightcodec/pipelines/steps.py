@@ -8,6 +8,8 @@ search (:mod:`.auto`) are sequences of these steps; none of them repeats one::
     cluster_and_finetune   k-means on each layer's non-zeros, fine-tune the centroids, fix them
     encode_layer / decode_layer / encode_and_measure   one weight in a retrieval filter, and
                      what the file gives back (false positives included)
+    refine_stored_centroids   fine-tune a filter's centroids and the later layers, false
+                     positives in place, and re-encode (same table, new codebook)
     freeze_          a finished layer is never trained again
     retrain_after    train only the layers after one layer
     load_decoded / layer_report   read a written file into a fresh model; bytes per tensor
@@ -62,6 +64,7 @@ __all__ = [
     "Encoding",
     "encode_and_measure",
     "usable_t",
+    "refine_stored_centroids",
     "load_decoded",
     "layer_report",
     "nonzero_fraction",
@@ -374,6 +377,72 @@ def usable_t(t_values: Iterable[int], weight: torch.Tensor) -> list[int]:
     """
     clusters = int(torch.unique(weight[weight != 0]).numel())
     return [t for t in t_values if 2**t >= clusters]
+
+
+def refine_stored_centroids(
+    model: nn.Module,
+    name: str,
+    clustered: torch.Tensor,
+    record: container.TensorRecord,
+    config: TrainConfig,
+    loader: ArrayLoader,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[container.TensorRecord, bool]:
+    """Fine-tune the centroids of a filter-encoded layer and every later layer, false positives in place.
+
+    ``model`` holds what ``record`` decodes; ``clustered`` is the layer ``record`` was encoded
+    from (its non-zeros are the stored weights). Every non-zero the filter gives back (stored
+    weights and false positives alike) is tied to its centroid
+    (:class:`weightcodec.simplify.cluster.SharedWeights`), and the centroids, the layer's other
+    parameters (its bias) and the later layers train with ``config``. The layer is then
+    re-encoded with the same filter, ``t`` and seed: the codes are unchanged, so the table (and
+    every false positive) is the same and only the codebook moves.
+
+    If training reorders the centroids, the codes (hence the table and the false positives)
+    would change: the model is then put back as it came and ``record`` returned.
+
+    Returns
+    -------
+    record : TensorRecord
+        The record of the refined layer; ``model`` holds exactly what it decodes.
+    refined : bool
+        False if the centroids reordered and nothing changed.
+
+    Raises
+    ------
+    WeightcodecError
+        If ``model`` does not hold what ``record`` decodes.
+    """
+    module, weight_name = module_of(model, name), name.rpartition(".")[2]
+    weight = getattr(module, weight_name).detach()
+    if not torch.equal(weight, decode_layer(record)):
+        raise WeightcodecError(f"{name}: the model does not hold what its record decodes; load decode_layer(record) first")
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    codebook = torch.from_numpy(np.frombuffer(record.encoded.sections["codebook"], dtype=np.float32).copy())
+    mask = weight != 0
+    codes = torch.searchsorted(codebook, weight.contiguous()).clamp(max=codebook.numel() - 1) * mask
+    torch.nn.utils.parametrize.register_parametrization(
+        module, weight_name, cluster.SharedWeights(codes, mask, codebook.numel()), unsafe=True
+    )
+    with torch.no_grad():
+        module.parametrizations[weight_name].original.copy_(codebook)
+    layer = name.rpartition(".")[0]
+    train(model, loader, config, seed=seed, train_only=[layer, *layers_after(model, layer)], progress=progress,
+          desc=f"refine {name} centroids")  # fmt: skip
+    ordered = bool(torch.all(torch.diff(module.parametrizations[weight_name].original.detach()) > 0))
+    cluster.make_permanent_(module, weight_name)
+    if not ordered:
+        model.load_state_dict(before)
+        return record, False
+    refined = getattr(module, weight_name).detach()
+    meta = record.encoded.meta
+    stored = torch.where(clustered != 0, refined, torch.zeros_like(refined))
+    result = encode_layer(name, stored, t=meta["t"], filter=meta["filter"], seed=meta["seed"])
+    if not torch.equal(decode_layer(result), refined):
+        raise WeightcodecError(f"{name}: the refined layer did not re-encode to the same table (it never should)")
+    return result, True
 
 
 # ----------------------------------------------------------------------------- reading a file back

@@ -13,11 +13,13 @@ with exactly those weights and the layers after it are retrained around the erro
            deep stage (layers not chosen):  k-means + fine-tune centroids (deep_compression),
                                             freeze those layers
            weightless stage (one layer l):  k-means on l (density init) + fine-tune centroids
-                                            sweep t: encode l, load what the filter decodes
+                                            (for each K tried) sweep t: encode l (each seed
+                                                     tried), load what the filter decodes
                                                      (false positives included), retrain the
                                                      layers after l briefly, measure the error
-                                            choose t (validation split); l := decode(filter),
-                                            freeze l, retrain the later layers a few epochs
+                                            choose (K, t) (validation split); l := decode(filter),
+                                            retrain the later layers a few epochs, optionally
+                                            fine-tune l's centroids with them; freeze l
       -> file: weightless tables for the chosen layers, deep codec for the others, raw biases
       -> read back, decode, load into a fresh model, evaluate: the reported test error, checked
          equal to the error of the pipeline's own model (the same weights, bit for bit)
@@ -33,7 +35,17 @@ error is within ``tolerance`` points of the reference is kept (:func:`.sweep.cho
 test split is only reported. The other filters (ribbon stores the same false-positive rate in
 ~18 % fewer bytes than Bloomier) are measured at every ``t`` and retrained once, at the chosen
 ``t``. The layer is also encoded with the deep codec at the same point (pruned and clustered,
-before any false positive): what the same weights cost in Deep Compression's format.
+before any false positive): what the same weights cost in Deep Compression's format; and once
+the file is written, the decoded weights (false positives included) are stored losslessly by
+the deep codec too (:func:`deep_on_identical_weights`): the same model, the fair comparison.
+
+The levers for a small filter at a low error (:class:`.settings.WeightlessSettings`): several
+``K`` (``bits_tried``), each clustered from the same pruned layer and swept, the choice made over
+every ``(K, t)``; filter seeds (``filter_seeds``: the seed decides *which* zeros become false
+positives, the one of lowest validation loss is kept); a ratio floor for the layer
+(``min_ratio``: only filters that small may be chosen); and, after the retraining of the later
+layers, fine-tuning the stored centroids and the later layers with the false positives in place
+(``refine``, :func:`.steps.refine_stored_centroids`: same table, new codebook).
 
 This module only orders the steps (:mod:`.steps`: pruning, clustering, encoding a layer,
 freezing, retraining); the settings are data (:mod:`.settings`: Deep Compression's baseline,
@@ -44,25 +56,27 @@ page is :mod:`.report`'s.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Mapping, NamedTuple
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from .. import container
+from ..codecs import deep as deep_codec
 from ..codecs import weightless as weightless_codec
 from ..errors import WeightcodecError
 from ..tensors import encode_tensor
 from . import deep_compression, report
 from .data import Mnist
 from .models import build_model, count_parameters
-from .settings import T_VALUES, WEIGHTLESS, WeightlessSettings, all_layers, planned_layers, quick_weightless
+from .settings import T_VALUES, WEIGHTLESS, LayerPlan, WeightlessSettings, all_layers, planned_layers, quick_weightless
 from .steps import (
     FLOAT32_BYTES,
     PRUNERS,
@@ -77,15 +91,16 @@ from .steps import (
     load_decoded,
     nonzero_fraction,
     prune_all,
+    refine_stored_centroids,
     retrain_after,
     splits_of,
     unmask_,
     usable_t,
 )
-from .sweep import REFERENCES, choose_t, sweep_t
+from .sweep import REFERENCES, choose_point, sweep_t
 from .training import ArrayLoader, TrainConfig, train_baseline, train_loader
 
-__all__ = ["Stage", "stages", "encode_model", "run", "run_reproduce"]
+__all__ = ["Stage", "stages", "encode_model", "deep_on_identical_weights", "run", "run_reproduce"]
 
 HISTOGRAM_BINS = 64
 
@@ -171,13 +186,76 @@ def _deep_stage(model: nn.Module, names: tuple[str, ...], ctx: _Context) -> dict
 def _weightless_stage(model: nn.Module, name: str, baseline: float, ctx: _Context) -> tuple[dict, container.TensorRecord]:
     """Algorithm 1 on one pruned layer; returns its figures and the record the file will hold.
 
-    The stored filter is swept over every ``t`` with retraining; the other filters are measured
-    (bytes, false positives) at every ``t`` and retrained once, at the chosen ``t``.
+    Each ``K`` (the plan's, then :attr:`~.settings.WeightlessSettings.bits_tried`) is clustered
+    from the same pruned layer and the stored filter swept over every ``t`` with retraining
+    (and filter seeds, :func:`.sweep.best_seed`); the ``(K, t)`` is chosen on validation among
+    those within ``min_ratio`` (:func:`.sweep.choose_point`). The other filters are measured
+    (bytes, false positives) at every ``t`` and retrained once, at the chosen ``t``. After the
+    retraining of the later layers, ``refine`` fine-tunes the stored centroids with them.
     """
     settings, plan = ctx.settings, ctx.settings.layers[name]
     weight = lambda: model.get_parameter(name).detach()  # noqa: E731 (re-read: clustering replaces the Parameter)
     unmask_(model, [name])
     pruned = weight()[weight() != 0].numpy()
+    start = copy.deepcopy(model.state_dict())
+    max_bytes = FLOAT32_BYTES * weight().numel() / settings.min_ratio if settings.min_ratio else math.inf
+    sweep = partial(sweep_t, model, name, config=settings.sweep, loader=ctx.loader(settings.sweep, 2), splits=ctx.splits,
+                    seed=ctx.seed, seeds=settings.filter_seeds, max_bytes=max_bytes, progress=ctx.progress)  # fmt: skip
+    tried = []
+    for bits in dict.fromkeys((plan.bits, *settings.bits_tried)):
+        model.load_state_dict(start)
+        tried.append(_cluster_and_sweep(model, name, replace(plan, bits=bits), sweep, ctx))
+        ctx.lap(f"cluster and sweep {name} K={2**bits}")
+    points = [point for k in tried for point in k["points"]]
+    reference = REFERENCES[settings.reference](baseline, min(k["clustered"]["valid_error"] for k in tried))
+    chosen = choose_point(points, reference, settings.tolerance, max_bytes)
+    kept = next(k for k in tried if k["clusters"] == chosen.clusters)
+    t = chosen.t
+    model.load_state_dict(kept["state"])
+    clustered = weight().clone()
+    alternatives = [point for f in settings.filters if f != settings.filter for point in sweep((t,), filter=f)[0]]
+    record, state = kept["kept"][t]
+    model.load_state_dict(state)
+    steps_figures = {"swept": ctx.errors(model)}
+    retrain_after(model, name, settings.retrain, ctx.loader(settings.retrain, 3), seed=ctx.seed, progress=ctx.progress)
+    steps_figures["retrained"] = ctx.errors(model)
+    ctx.lap(f"retrain after {name}")
+    if settings.refine is not None:
+        record, refined = refine_stored_centroids(model, name, clustered, record, settings.refine,
+                                                  ctx.loader(settings.refine, 4), seed=ctx.seed, progress=ctx.progress)  # fmt: skip
+        steps_figures["refined"] = {**ctx.errors(model), "centroids_kept_order": refined}
+        ctx.lap(f"refine {name} centroids")
+    freeze_(model, [name])
+    counts, edges = np.histogram(pruned, bins=HISTOGRAM_BINS)
+    figures = {
+        "method": "weightless",
+        "names": [name],
+        "plan": asdict(replace(plan, bits=int(math.log2(chosen.clusters)))),
+        "sparsity": 1 - pruned.size / weight().numel(),
+        "clustered": kept["clustered"],
+        "centroids": torch.unique(weight()[weight() != 0]).tolist(),
+        "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
+        "deep_codec_bytes": kept["deep_codec_bytes"],
+        "encodings": kept["encodings"],
+        "reference_valid_error": reference,
+        "max_bytes": max_bytes if settings.min_ratio else None,
+        "chosen_t": t,
+        "chosen_seed": chosen.seed,
+        "sweep": [asdict(p) for p in kept["points"]],
+        "clusters_tried": [
+            {"K": k["clusters"], "clustered": k["clustered"], "sweep": [asdict(p) for p in k["points"]]} for k in tried
+        ],
+        "alternatives": [asdict(p) for p in alternatives],
+        "after_steps": steps_figures,
+        **ctx.errors(model),
+    }
+    return figures, record
+
+
+def _cluster_and_sweep(model: nn.Module, name: str, plan: LayerPlan, sweep: Callable, ctx: _Context) -> dict:
+    """Cluster ``name`` with ``plan``'s ``K``, fine-tune, measure every encoding, sweep the stored filter."""
+    settings = ctx.settings
+    weight = lambda: model.get_parameter(name).detach()  # noqa: E731
     cluster_and_finetune(model, {name: plan}, settings.finetune, ctx.loader(settings.finetune, 1),
                          init=settings.init, seed=ctx.seed, progress=ctx.progress)  # fmt: skip
     clustered = ctx.errors(model)
@@ -186,41 +264,20 @@ def _weightless_stage(model: nn.Module, name: str, baseline: float, ctx: _Contex
         for coder in ("huffman", "ans")
     }
     encodings = [
-        encode_and_measure(name, weight(), t=t, filter=f, seed=ctx.seed)[2]
+        asdict(encode_and_measure(name, weight(), t=t, filter=f, seed=ctx.seed)[2])
         for f in settings.filters
         for t in usable_t(sorted({*T_VALUES, *settings.t_values}), weight())
     ]
-    ctx.lap(f"cluster {name}")
-    sweep = partial(sweep_t, model, name, config=settings.sweep, loader=ctx.loader(settings.sweep, 2),
-                    splits=ctx.splits, seed=ctx.seed, progress=ctx.progress)  # fmt: skip
     points, kept = sweep(settings.t_values, filter=settings.filter)
-    reference = REFERENCES[settings.reference](baseline, clustered["valid_error"])
-    t = choose_t(points, reference, settings.tolerance)
-    alternatives = [point for f in settings.filters if f != settings.filter for point in sweep((t,), filter=f)[0]]
-    record, state = kept[t]
-    ctx.lap(f"sweep t {name}")
-    model.load_state_dict(state)
-    retrain_after(model, name, settings.retrain, ctx.loader(settings.retrain, 3), seed=ctx.seed, progress=ctx.progress)
-    freeze_(model, [name])
-    ctx.lap(f"retrain after {name}")
-    counts, edges = np.histogram(pruned, bins=HISTOGRAM_BINS)
-    figures = {
-        "method": "weightless",
-        "names": [name],
-        "plan": asdict(plan),
-        "sparsity": 1 - pruned.size / weight().numel(),
+    return {
+        "clusters": int(torch.unique(weight()[weight() != 0]).numel()),
         "clustered": clustered,
-        "centroids": torch.unique(weight()[weight() != 0]).tolist(),
-        "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
         "deep_codec_bytes": deep_bytes,
-        "encodings": [asdict(e) for e in encodings],
-        "reference_valid_error": reference,
-        "chosen_t": t,
-        "sweep": [asdict(p) for p in points],
-        "alternatives": [asdict(p) for p in alternatives],
-        **ctx.errors(model),
+        "encodings": encodings,
+        "points": points,
+        "kept": kept,
+        "state": copy.deepcopy(model.state_dict()),
     }
-    return figures, record
 
 
 # ----------------------------------------------------------------------------- the whole pipeline
@@ -309,7 +366,8 @@ def run(
     ctx.lap("encode_decode_evaluate")
 
     original_bytes = FLOAT32_BYTES * count_parameters(decoded)
-    encoded_layers = [_encoded_layer(wcz, name, figures) for name in records]
+    identical = deep_on_identical_weights(wcz, settings.deep.index_bits)
+    encoded_layers = [{**_encoded_layer(wcz, name, figures), **identical["layers"][name]} for name in records]
     largest = max(encoded_layers, key=lambda layer: layer["elements"])
     largest_stage = next(f for f in figures if f["names"] == [largest["name"]])
     return {
@@ -325,6 +383,8 @@ def run(
         "file_bytes": file_bytes,
         "header_bytes": wcz.header_bytes,
         "ratio": original_bytes / file_bytes,
+        "identical_deep_file_bytes": identical["file_bytes"],
+        "identical_deep_ratio": {coder: original_bytes / size for coder, size in identical["file_bytes"].items()},
         "weights_nonzero_fraction": nonzero_fraction(decoded, planned_layers(settings)),
         "largest_layer": largest["name"],
         "largest_layer_ratio": largest["ratio"],
@@ -335,6 +395,40 @@ def run(
         "stage_seconds": ctx.timer.laps,
         "settings": json.loads(json.dumps(asdict(settings))),  # tuples as lists, as the JSON file has them
     }
+
+
+def deep_on_identical_weights(wcz: container.WczFile, index_bits: int | str = "auto") -> dict:
+    """The same file with its filter-encoded tensors stored losslessly by the deep codec instead.
+
+    Each weightless tensor's decoded weights (false positives included) go to the deep codec
+    (Huffman and ANS); the other records stay as they are. What a lossless coder needs for
+    exactly the weights the filter gives back: the fair comparison for a filter's bytes.
+
+    Returns
+    -------
+    dict
+        ``file_bytes`` per entropy coder (the real bytes of that file) and, per weightless
+        tensor, ``layers[name]["identical_deep_bytes"]`` per coder.
+
+    Raises
+    ------
+    WeightcodecError
+        If the deep codec does not give the weights back exactly (it never should).
+    """
+    names = [record.name for record in wcz.records if record.encoded.codec == weightless_codec.NAME]
+    file_bytes, layers = {}, {name: {"identical_deep_bytes": {}} for name in names}
+    for coder in ("huffman", "ans"):
+        replaced = {}
+        for name in names:
+            record, decoded = wcz.record(name), wcz.decode(name)
+            encoded = deep_codec.encode(decoded, index_bits=index_bits, entropy=coder)
+            if not np.array_equal(deep_codec.decode(encoded.meta, encoded.sections, record.shape), decoded):
+                raise WeightcodecError(f"{name}: the deep codec ({coder}) did not give the decoded weights back exactly")
+            replaced[name] = replace(record, encoded=encoded)
+            layers[name]["identical_deep_bytes"][coder] = encoded.nbytes
+        records = [replaced.get(record.name, record) for record in wcz.records]
+        file_bytes[coder] = len(container.to_bytes(records, wcz.metadata))
+    return {"file_bytes": file_bytes, "layers": layers}
 
 
 def _check_settings(model: nn.Module, settings: WeightlessSettings) -> None:

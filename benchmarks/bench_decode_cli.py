@@ -1,0 +1,144 @@
+"""Decoding a large weightless layer through the command line, against the cost of merely saving it.
+
+The layer: VGG-16 FC-6 sized, 25088 x 4096 float32 (411 MB), 4 % non-zero, 32 cluster values,
+encoded with the weightless codec (ribbon filter, t = 8). Three commands, each in a fresh
+Python process, timed from outside (wall clock, process start and imports included), in turns,
+``--repeat`` rounds:
+
+* ``floor``: ``python -c "import torch; torch.save({'fc6.weight': torch.zeros(25088, 4096)}, 'floor.pt')"``,
+  the least any decoder that writes this ``.pt`` must cost (start Python, import torch, fill
+  411 MB, write it);
+* ``decode``: ``weightcodec decode f.wcz -o f.pt``;
+* ``load``: ``weightcodec.load("f.wcz")`` in a fresh process, timed inside it after the imports.
+
+Targets: ``decode`` within 1.0 s of ``floor`` (difference of the medians) and ``load`` within 1.0 s.
+numba's compiled code is cached on disk by a first, untimed decode (as after any first use).
+The machine is shared with other jobs: the load average is recorded, and only figures of
+the same run are compared.
+
+Writes ``benchmarks/results/decode-cli.json`` and ``decode-cli.md``::
+
+    python benchmarks/bench_decode_cli.py [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import machine, machine_line, synthetic_layer, write_results
+
+from weightcodec import api
+
+SHAPE, DENSITY, CLUSTERS, T = (25088, 4096), 0.04, 32, 8
+TARGET_DIFFERENCE_S, TARGET_LOAD_S = 1.0, 1.0
+ROOT = Path(__file__).resolve().parent.parent
+CLI = "import sys; from weightcodec.cli import main; sys.exit(main())"
+LOAD = (
+    "import sys, time, weightcodec; t, c = time.perf_counter(), time.process_time(); weightcodec.load(sys.argv[1]); "
+    "print(time.perf_counter() - t, time.process_time() - c)"
+)
+FLOOR = "import sys, torch; torch.save({'fc6.weight': torch.zeros(%d, %d)}, sys.argv[1])" % SHAPE
+
+
+def run(args: list[str]) -> tuple[float, float, str]:
+    """Run ``python ARGS`` with this checkout's sources; (wall seconds, CPU seconds, stdout).
+
+    CPU seconds (user + system, all threads) are the work done, which a busy machine does not
+    inflate as it does the wall clock.
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        raise SystemExit(f"python {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, cpu, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    info = machine()
+    recipe = {"rule": [{"match": "*", "method": "weightless", "clusters": CLUSTERS, "t": T, "filter": "ribbon"}]}
+    with tempfile.TemporaryDirectory(prefix="weightcodec-decode-", dir="/tmp") as tmp:
+        folder = Path(tmp)
+        wcz, out, floor = folder / "f.wcz", folder / "f.pt", folder / "floor.pt"
+        layer = torch.from_numpy(synthetic_layer(SHAPE, DENSITY, CLUSTERS, seed=0))
+        api.compress({"fc6.weight": layer}, recipe, wcz)
+        run(["-c", CLI, "decode", str(wcz), "-o", str(out), "-q"])  # fills numba's cache (untimed)
+        exact = torch.equal(torch.load(out, weights_only=True)["fc6.weight"], api.load(wcz)["fc6.weight"])
+        del layer
+        times = {"floor": [], "decode": [], "load": []}
+        cpu = {"floor": [], "decode": [], "load": []}
+        for _ in range(args.repeat):
+            for name, command in (("floor", ["-c", FLOOR, str(floor)]), ("decode", ["-c", CLI, "decode", str(wcz), "-o", str(out), "-q"])):
+                wall, work, _ = run(command)
+                times[name].append(wall)
+                cpu[name].append(work)
+            wall, work = map(float, run(["-c", LOAD, str(wcz)])[2].split())
+            times["load"].append(wall)
+            cpu["load"].append(work)
+        wcz_bytes, out_bytes = wcz.stat().st_size, out.stat().st_size
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    cpu_medians = {k: statistics.median(v) for k, v in cpu.items()}
+    report = {
+        "machine": info,
+        "layer": {"shape": list(SHAPE), "density": DENSITY, "clusters": CLUSTERS, "t": T, "filter": "ribbon",
+                  "wcz_bytes": wcz_bytes, "pt_bytes": out_bytes},
+        "runs_s": times,
+        "median_s": medians,
+        "cpu_runs_s": cpu,
+        "cpu_median_s": cpu_medians,
+        "cpu_decode_minus_floor_s": cpu_medians["decode"] - cpu_medians["floor"],
+        "decode_minus_floor_s": medians["decode"] - medians["floor"],
+        "decode_over_floor": medians["decode"] / medians["floor"],
+        "targets": {"decode_minus_floor_s": TARGET_DIFFERENCE_S, "load_s": TARGET_LOAD_S},
+        "decoded_pt_equals_load": exact,
+        "load_average_at_end": os.getloadavg(),
+    }
+    write_results("decode-cli", report, markdown(report))
+
+
+def markdown(r: dict) -> str:
+    m, d, c = r["median_s"], r["decode_minus_floor_s"], r["cpu_median_s"]
+    runs = r["runs_s"]
+    return "\n".join([
+        "# Decoding a VGG-16 FC-6-sized weightless layer through the command line",
+        "",
+        machine_line(r["machine"]) + f" Load average at the end {r['load_average_at_end'][0]:.2f} (1 min): the machine "
+        "is shared, so only figures of this run are compared with each other.",
+        "",
+        f"Layer {r['layer']['shape'][0]} x {r['layer']['shape'][1]} float32, {r['layer']['density']:.0%} non-zero, "
+        f"{r['layer']['clusters']} values, weightless codec with the ribbon filter, t = {r['layer']['t']}: "
+        f"{r['layer']['wcz_bytes']:,} bytes of .wcz, {r['layer']['pt_bytes']:,} bytes of .pt. Each command in a fresh "
+        f"process, in turns, {len(runs['floor'])} rounds; medians. Written by `benchmarks/bench_decode_cli.py`.",
+        "",
+        "| command | median wall s | wall s of each run | median CPU s (all threads) |",
+        "|---|---:|---|---:|",
+        f"| floor: `torch.save` of zeros of the same shape | {m['floor']:.2f} | {', '.join(f'{x:.2f}' for x in runs['floor'])} | {c['floor']:.2f} |",
+        f"| `weightcodec decode f.wcz -o f.pt` | {m['decode']:.2f} | {', '.join(f'{x:.2f}' for x in runs['decode'])} | {c['decode']:.2f} |",
+        f"| `weightcodec.load(f.wcz)` after imports | {m['load']:.2f} | {', '.join(f'{x:.2f}' for x in runs['load'])} | {c['load']:.2f} |",
+        "",
+        f"decode - floor = **{d:.2f} s** (target <= {r['targets']['decode_minus_floor_s']} s: {d <= r['targets']['decode_minus_floor_s']}); "
+        f"decode / floor = {r['decode_over_floor']:.2f}. load() = **{m['load']:.2f} s** (target <= {r['targets']['load_s']} s: "
+        f"{m['load'] <= r['targets']['load_s']}). In CPU seconds, which a busy machine inflates less: decode - floor = "
+        f"{r['cpu_decode_minus_floor_s']:.2f} s. The decoded .pt equals `weightcodec.load`'s tensor: {r['decoded_pt_equals_load']}.",
+        "",
+    ])
+
+
+if __name__ == "__main__":
+    main()
