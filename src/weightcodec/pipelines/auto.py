@@ -30,8 +30,9 @@ and never used, lands at or under ``E`` more often than not. The slack between t
 model's error and the budget is shared out: the pruning step may use ``prune_share`` of the
 slack over the baseline; weight ``j`` (network order) may reach the pruned error plus the slack
 times the share of the non-zeros up to and including ``j``, plus one standard error of noise
-(never above the budget); the biases may use the whole budget. A step that starts over its
-allowance (the pruning alone spent more) may still not make the error worse than it found it.
+(never above the budget); the biases may use the whole budget. A weight's step that starts
+over its allowance (the pruning alone spent more) may end within one standard error of the
+error it found (:func:`_step_allowance`); the biases, over the budget, may not make it worse.
 
 Everything the search looked at (every level, every ``K``, every encoding tried, with its bytes
 and validation error) is returned in the trace, with the settings (:data:`.settings.AUTO`).
@@ -159,6 +160,21 @@ def _restore_(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 
 
 # ----------------------------------------------------------------------------- the steps
+
+
+def _step_allowance(share: float, before: float, noise: float) -> float:
+    """The error a weight's step may reach: its ``share``, or ``before`` plus one ``noise`` if it starts over it.
+
+    A step that starts over its share (earlier steps spent more) would otherwise have to beat
+    the model it found, which validation noise of one standard error decides as often as any
+    real difference; it may instead stay within that noise of where it started.
+
+    Examples
+    --------
+    >>> _step_allowance(1.5, 1.2, 0.1), _step_allowance(1.5, 1.9, 0.1)
+    (1.5, 2.0)
+    """
+    return share if before <= share else before + noise
 
 
 def _prune_levels(search: _Search, names: list[str], allowance: float) -> dict[str, LayerPlan]:
@@ -337,7 +353,7 @@ def search(
         seen += nonzeros[name]
         share = min(budget, pruned + max(budget - pruned, 0.0) * seen / max(sum(nonzeros.values()), 1) + noise)
         before = state.valid()
-        allowance = max(share, before)  # over budget already: at least no worse than before the step
+        allowance = _step_allowance(share, before, noise)
         clusters = {"valid_error_before": before, **_choose_clusters(state, name, plans[name].sparsity, allowance)}
         records[name], encoding = _choose_encoding(state, name, allowance)
         freeze_(model, [name])
