@@ -189,6 +189,7 @@ WORKER = """
             outcome = str(exc)
         with open(f"rank{rank}.txt", "w") as out:
             out.write(outcome)
+        del net  # DDP must not outlive the process group (its gloo threads abort the process at exit)
 """
 
 

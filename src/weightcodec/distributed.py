@@ -24,6 +24,7 @@ training, pruning and the k-means inputs live there, the codecs stay NumPy on th
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from contextlib import contextmanager
@@ -164,6 +165,7 @@ def launch(device: str = "auto") -> Iterator[Runtime]:
     finally:
         _ACTIVE.pop()
         if opened:
+            gc.collect()  # DDP wrappers left in reference cycles must go while the group lives (gloo aborts otherwise)
             dist.destroy_process_group()
 
 
