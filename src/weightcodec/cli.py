@@ -200,6 +200,8 @@ def _add_reproduce(commands, common) -> None:
     p.add_argument("--quick", action="store_true", help="a short smoke run (under two minutes)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and k-means (default 0)")
     p.add_argument("--data", type=Path, help="your MNIST (IDX folder or .npz) instead of the packaged copy")
+    p.add_argument("--results-dir", type=Path, default=Path("benchmarks/results"),
+                   help="folder of the JSON and .wcz written (default benchmarks/results)")
     p.add_argument(
         "--threads",
         type=_positive_int,
@@ -339,7 +341,7 @@ def _run_reproduce(args: argparse.Namespace) -> None:
     with distributed.launch(args.device) as runtime:
         result = reproduce(
             args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data,
-            threads=args.threads,
+            threads=args.threads, results_dir=args.results_dir,
         )
         if runtime.is_main:
             _say(format_summary(result))

@@ -1,0 +1,204 @@
+"""LeNet-300-100 over three seeds: each method's file bytes, ratio and errors as mean ± sd.
+
+Runs ``weightcodec reproduce lenet300 --method M --seed S --threads 1`` for every method ``M``
+(deep, weightless, auto) and seed ``S`` (0, 1, 2), one run at a time, each in its own process
+writing into ``results/seeds/seed<S>/``, so the committed seed-0 files in ``results/`` are left
+as they are. A run whose JSON is already in its folder is not run again (the script resumes).
+The seed changes the initial weights, the order and augmentation of the training batches,
+k-means and the filters' hashes; the validation split (the last 5,000 training images) is the
+same for every seed. Each seed's baseline has its own checkpoint (the cache key holds the seed).
+
+Then (and with ``--table-only`` without running anything) it writes ``results/seeds.json``
+(every run's figures, the per-method mean and sample standard deviation, and whether each run
+meets its method's target) and ``results/seeds.md``. A method whose seed-0 run is not in
+``results/seeds/seed0/`` takes the committed ``results/reproduce-lenet300-<method>.json``
+instead; the table marks that row, since it may come from older code.
+
+Targets: deep >= 40x at <= 1.64 % test error (Deep Compression's Table 1 ratio at its baseline
+error); auto >= 100x at <= 1.64 % (issue 11); weightless: the largest layer at least 1.5x smaller
+than the same seed's Deep Compression model's, at a test error no more than 0.05 points above it.
+
+Run: ``python benchmarks/bench_seeds.py`` (about an hour per seed on one busy core).
+LeNet-5 is not run: its three methods take about three times as long per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _common
+
+from weightcodec.pipelines.report import AUTO_TARGETS
+from weightcodec.pipelines.settings import ERROR_MARGIN
+
+MODEL = "lenet300"
+METHODS = ("deep", "auto", "weightless")  # deep first: it trains each seed's baseline, which the others reuse
+SEEDS = (0, 1, 2)
+FOLDER = _common.RESULTS / "seeds"
+FIGURES = (  # (key, format of a number, unit)
+    ("file_bytes", "{:,.0f}", " B"),
+    ("ratio", "{:.1f}", "x"),
+    ("test_error", "{:.2f}", " %"),
+    ("valid_error", "{:.2f}", " %"),
+)
+DEEP_TARGET = (40.0, 1.64)  # Deep Compression, Table 1: 40x; the error of its LeNet-300-100 baseline
+WEIGHTLESS_LAYER_FACTOR = 1.5  # the largest layer at least this much smaller than Deep Compression's
+
+
+def seed_json(method: str, seed: int) -> Path:
+    """Where the run of ``method`` with ``seed`` writes its figures."""
+    return FOLDER / f"seed{seed}" / f"reproduce-{MODEL}-{method}.json"
+
+
+def run_one(method: str, seed: int) -> None:
+    """One ``weightcodec reproduce`` run in its own single-threaded process, logged beside its JSON."""
+    folder = seed_json(method, seed).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "weightcodec", "--quiet", "reproduce", MODEL, "--method", method,
+               "--seed", str(seed), "--threads", "1", "--results-dir", str(folder)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    print(f"{time.strftime('%H:%M:%S')} {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, env=env, check=True)
+
+
+def load_runs(seeds: tuple[int, ...]) -> dict[str, list[dict]]:
+    """Every finished run per method, in seed order; seed 0 falls back on the committed run."""
+    runs: dict[str, list[dict]] = {}
+    for method in METHODS:
+        rows = []
+        for seed in seeds:
+            path, source = seed_json(method, seed), "this benchmark"
+            if not path.is_file() and seed == 0:
+                path, source = _common.RESULTS / f"reproduce-{MODEL}-{method}.json", "committed seed-0 run"
+            if path.is_file():
+                result = json.loads(path.read_text())
+                rows.append({**result, "source": source, "path": str(path.relative_to(_common.RESULTS.parent.parent))})
+        runs[method] = rows
+    return runs
+
+
+def largest_layer_bytes(result: dict, name: str) -> int | None:
+    """Bytes of tensor ``name`` in a result's per-tensor list."""
+    return next((layer["bytes"] for layer in result["layers"] if layer["name"] == name), None)
+
+
+def target_check(method: str, result: dict, deep: dict | None) -> dict:
+    """Whether one run meets its method's target, with the target in words."""
+    if method == "weightless":
+        if deep is None:
+            return {"target": "needs the same seed's deep run", "met": None}
+        name = result["largest_layer"]
+        layer, deep_layer = largest_layer_bytes(result, name), largest_layer_bytes(deep, name)
+        limit = deep["test_error"] + ERROR_MARGIN
+        met = deep_layer >= WEIGHTLESS_LAYER_FACTOR * layer and result["test_error"] <= limit
+        return {"target": f"{name} >= {WEIGHTLESS_LAYER_FACTOR}x smaller than deep's ({deep_layer} B / {layer} B "
+                f"= {deep_layer / layer:.2f}x), test error <= {limit:.2f} %", "met": met}  # fmt: skip
+    ratio, error = AUTO_TARGETS[MODEL] if method == "auto" else DEEP_TARGET
+    return {"target": f">= {ratio:.0f}x at <= {error:.2f} %", "met": result["ratio"] >= ratio and result["test_error"] <= error}
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    """Per method: each run's figures and target check, and mean / sample sd of every figure."""
+    deep_by_seed = {r["seed"]: r for r in runs["deep"]}
+    methods = {}
+    for method, rows in runs.items():
+        entries = []
+        for r in rows:
+            check = target_check(method, r, deep_by_seed.get(r["seed"]))
+            entries.append({"seed": r["seed"], "source": r["source"], "path": r["path"],
+                            **{key: r[key] for key, _, _ in FIGURES}, "header_bytes": r.get("header_bytes"),
+                            "seconds": r["seconds"], "threads": r["environment"]["torch_threads"], **check})  # fmt: skip
+        stats = {
+            key: {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
+            for key, _, _ in FIGURES
+            for values in [[e[key] for e in entries]]
+            if values
+        }
+        methods[method] = {"runs": entries, "n": len(entries), "stats": stats}
+    return methods
+
+
+def mean_sd(stat: dict, form: str, unit: str) -> str:
+    """``mean ± sd`` with the figure's unit, e.g. ``5,412 ± 90 B``."""
+    sd = "" if stat["sd"] is None else f" ± {form.format(stat['sd'])}"
+    return f"{form.format(stat['mean'])}{sd}{unit}"
+
+
+def markdown(methods: dict, machine: dict) -> str:
+    """The results page: mean ± sd per method, then every run."""
+    lines = [
+        "# LeNet-300-100 over three seeds",
+        "",
+        "`python benchmarks/bench_seeds.py`: `weightcodec reproduce lenet300 --method M --seed S --threads 1` for each "
+        "method and seed 0, 1, 2, one run at a time; each run's JSON and `.wcz` are in `results/seeds/seed<S>/`. "
+        "The seed changes the initial weights, the training batches' order and shifts, k-means and the filter hashes; "
+        "the validation split (the official 10,000 validation images) is the same. Errors are those of the model decoded "
+        "from the written file, on the 10,000 test images (valid: on the 10,000 validation images); ratio is float32 "
+        "bytes over file bytes. sd is the sample standard deviation (n - 1).",
+        "",
+        "| method | n | file | ratio | test error | valid error | seeds meeting the target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, m in methods.items():
+        if not m["n"]:
+            lines.append(f"| {method} | 0 | - | - | - | - | - |")
+            continue
+        cells = [mean_sd(m["stats"][key], form, unit) for key, form, unit in FIGURES]
+        met = sum(1 for r in m["runs"] if r["met"])
+        lines.append(f"| {method} | {m['n']} | {' | '.join(cells)} | {met} of {m['n']} |")
+    lines += ["", "Every run:", "", "| method | seed | file | ratio | test error | valid error | target | met | "
+              "seconds | source |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for method, m in methods.items():
+        for r in m["runs"]:
+            cells = [form.format(r[key]) + unit for key, form, unit in FIGURES]
+            met = "-" if r["met"] is None else ("yes" if r["met"] else "no")
+            lines.append(f"| {method} | {r['seed']} | {' | '.join(cells)} | {r['target']} | {met} | {r['seconds']:.0f} | "
+                         f"{r['source']} (`{r['path']}`) |")  # fmt: skip
+    committed = [f"{method}" for method, m in methods.items() for r in m["runs"] if r["source"] != "this benchmark"]
+    if committed:
+        lines += ["", f"Rows marked 'committed seed-0 run' ({', '.join(committed)}) are the committed "
+                  "`results/reproduce-lenet300-<method>.json`, not rerun here: they may come from older code "
+                  "(header bytes and settings of that commit)."]  # fmt: skip
+    missing = [f"{method} seed {s}" for method, m in methods.items() for s in SEEDS if s not in {r["seed"] for r in m["runs"]}]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)}."]
+    lines += ["", "LeNet-5 is not in this table: its three methods take about three times as long per seed as "
+              "LeNet-300-100's on this shared 2-core machine; its figures are single seed-0 runs.",
+              "", _common.machine_line(machine), ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_table(seeds: tuple[int, ...]) -> dict:
+    """Gather the runs, write ``seeds.json`` and ``seeds.md``; return what was written."""
+    machine = _common.machine()
+    methods = summarize(load_runs(seeds))
+    result = {"model": MODEL, "seeds": list(seeds), "methods": methods, "machine": machine}
+    (_common.RESULTS / "seeds.json").write_text(json.dumps(result, indent=2) + "\n")
+    (_common.RESULTS / "seeds.md").write_text(markdown(methods, machine))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--table-only", action="store_true", help="only gather the finished runs into the table")
+    args = parser.parse_args()
+    if not args.table_only:
+        for method in args.methods:
+            for seed in args.seeds:
+                if not seed_json(method, seed).is_file():
+                    run_one(method, seed)
+                    write_table(tuple(SEEDS))
+    write_table(tuple(SEEDS))
+
+
+if __name__ == "__main__":
+    main()
