@@ -6,6 +6,7 @@
     weightcodec.compress(model, "recipe.toml", "model.wcz")   # prune, cluster, encode, write
     weightcodec.load_into(model, "model.wcz")                 # and back
     weightcodec.encode_to_size(model.state_dict(), "model.wcz", size=10_000_000)  # a byte budget in
+    weightcodec.compress_to_error(model, "recipe.toml", "model.wcz", target_error=2.0)  # an error budget in
 """
 
 # Set before the submodules are imported: the files they write record it as their producer.
@@ -21,6 +22,7 @@ from .simplify.calibrate import calibration_statistics  # noqa: E402
 __all__ = [
     "__version__",
     "compress",
+    "compress_to_error",
     "encode_to_size",
     "encode_exact",
     "calibration_statistics",
@@ -38,3 +40,12 @@ __all__ = [
     "EncodeError",
     "DataError",
 ]
+
+
+def __getattr__(name: str):
+    """``compress_to_error`` is imported on first use: it lives in :mod:`.pipelines`, above the API's layer."""
+    if name == "compress_to_error":
+        from .pipelines.auto_model import compress_to_error
+
+        return compress_to_error
+    raise AttributeError(f"module 'weightcodec' has no attribute {name!r}")

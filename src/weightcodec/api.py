@@ -56,6 +56,8 @@ __all__ = [
     "apply_recipe",
     "compress",
     "compress_file",
+    "file_metadata",
+    "restore_",
     "decompress_file",
     "load",
     "load_bytes",
@@ -281,15 +283,15 @@ def _simplify_model(model: nn.Module, steps: dict[str, Step], hook: Callable, se
         for name in todo:
             cluster.make_permanent_(located[name], "weight")
     except BaseException:
-        _undo(model, snapshot)
+        restore_(model, snapshot)
         raise
     finally:
         for param, trainable in zip(frozen, was_trainable):
             param.requires_grad_(trainable)
 
 
-def _undo(model: nn.Module, snapshot: StateDict) -> None:
-    """Drop any mask or weight sharing left on ``model`` and restore the snapshot's values."""
+def restore_(model: nn.Module, snapshot: StateDict) -> None:
+    """Drop any mask or weight sharing left on ``model`` and load ``snapshot`` (a cloned state_dict) back."""
     for module in model.modules():
         if prune.is_pruned(module, "weight"):
             prune.remove_(module, "weight")
@@ -341,6 +343,7 @@ def compress(
     [[0.0, 1.0], [2.0, 0.0]]
     """
     recipe = as_recipe(recipe)
+    _refuse_auto(recipe)
     if path is not None:
         container.check_writable(path)
     state, steps = apply_recipe(model_or_state_dict, recipe, seed=seed, progress=progress)
@@ -349,10 +352,19 @@ def compress(
         tensors.encode_alias(name, tensor, aliases[name]) if name in aliases else _encode(name, tensor, steps.get(name), seed)
         for name, tensor in tqdm(state.items(), desc="encoding", unit="tensor", disable=not progress)
     ]
-    data = container.to_bytes(records, _metadata(recipe, seed))
+    data = container.to_bytes(records, file_metadata(recipe, seed))
     if path is not None:
         container.atomic_write_bytes(Path(path), data)
     return data
+
+
+def _refuse_auto(recipe: Recipe) -> None:
+    """A recipe with an ``[auto]`` table asks for the search, which lives above this module."""
+    if recipe.auto is not None:
+        raise EncodeError(
+            "the recipe has an [auto] table: the automatic search runs with weightcodec.compress_to_error(model, recipe, "
+            "path) or `weightcodec compress MODULE:FUNCTION --recipe R.toml --target-error E`"
+        )
 
 
 def compress_file(
@@ -399,6 +411,7 @@ def compress_file(
         As :func:`compress`: every offending tensor is listed, and no file is written.
     """
     recipe = as_recipe(recipe)
+    _refuse_auto(recipe)
     if load_hook(recipe) is not None:
         raise EncodeError(
             f"the recipe's training hook {recipe.hook!r} needs a model; use weightcodec.compress(model, ...)"
@@ -431,10 +444,11 @@ def compress_file(
 
     records = ordered_map(encode_one, list(source), jobs)
     records = tqdm(records, desc="encoding", unit="tensor", total=len(source), disable=not progress)
-    return container.write(path, records, _metadata(recipe, seed))
+    return container.write(path, records, file_metadata(recipe, seed))
 
 
-def _metadata(recipe: Recipe, seed: int) -> dict[str, str]:
+def file_metadata(recipe: Recipe, seed: int) -> dict[str, str]:
+    """What a file records of how it was made: the producer, the recipe (rules and hook) and the seed."""
     return {"producer": f"weightcodec {__version__}", "recipe": recipe.to_json(), "seed": str(seed)}
 
 

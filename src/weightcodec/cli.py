@@ -35,6 +35,7 @@ from . import __version__, api, container, distributed, report, tensors
 from .allocate import encode_to_size, parse_size
 from .codecs import deep, weightless
 from .errors import WeightcodecError
+from .pipelines.auto_model import compress_to_error
 from .pipelines.models import MODELS
 from .pipelines.reproduce import METHODS as REPRODUCE_METHODS
 from .pipelines.reproduce import THREADS as REPRODUCE_THREADS
@@ -184,6 +185,9 @@ def _add_compress(commands, common) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="the .wcz file to write")
     p.add_argument("--weights", type=Path, help="state_dict file loaded into the model built by module:function")
     p.add_argument("--seed", type=int, default=0, help="seed of random choices (default 0)")
+    p.add_argument("--target-error", type=float, metavar="E",
+                   help="search per layer for the smallest file whose error on the recipe's [auto] evaluate "
+                   "function stays within E percent (needs the training hook, [auto] evaluate and n_valid; one process, CPU)")
     _add_device(p, "the training hook's model")
     p.set_defaults(run=_run_compress)
 
@@ -279,6 +283,9 @@ def _run_encode(args: argparse.Namespace) -> None:
 
 def _run_compress(args: argparse.Namespace) -> None:
     recipe = load_recipe(args.recipe)
+    if args.target_error is not None or recipe.auto is not None:
+        _run_compress_to_error(args, recipe)
+        return
     with distributed.launch(args.device) as runtime:
         model = api.load_model(args.model, weights=args.weights, search=[recipe.folder, Path.cwd()])
         if isinstance(model, torch.nn.Module):  # every rank starts from rank 0's weights, on the job's device
@@ -288,6 +295,16 @@ def _run_compress(args: argparse.Namespace) -> None:
         distributed.check_identical({"the file": data}, "compress")
         if runtime.is_main:
             _write(data, args.output)
+
+
+def _run_compress_to_error(args: argparse.Namespace, recipe) -> None:
+    """``compress --target-error``: the automatic search, in this one process, on the CPU."""
+    model = api.load_model(args.model, weights=args.weights, search=[recipe.folder, Path.cwd()])
+    result = compress_to_error(model, recipe, args.output, target_error=args.target_error, seed=args.seed,
+                               progress=not args.quiet)  # fmt: skip
+    _write(result["data"], args.output)
+    _say(f"validation error {result['valid_error']:.2f} % (target {result['target_error']:.2f} %, budget "
+         f"{result['valid_budget']:.2f} %; baseline {result['baseline_valid_error']:.2f} %)")
 
 
 def _write(data: bytes, path: Path) -> None:

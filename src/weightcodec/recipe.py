@@ -26,11 +26,23 @@ always a typo.
     [training]
     hook = "my_training:retrain"    # optional: called as retrain(model, stage)
 
+    [auto]                          # optional: search per layer instead (weightcodec compress --target-error)
+    target_error = 2.0              # percent, on the evaluation function below
+    evaluate = "my_training:valid_error"   # evaluate(model) -> validation error in percent
+    n_valid = 10000                 # validation examples it uses (the budget keeps a margin over their noise)
+    sparsities = [0.5, 0.75, 0.9, 0.95]    # pruning levels tried, in order (optional)
+    bits = [2, 3, 4, 5, 6]          # bits per code tried, K = 2**bits (optional)
+
 Weightless rules take ``t`` (bits per filter cell, required) and ``filter`` (``"auto"`` by
 default: the smallest of the ribbon, Bloomier and fuse tables) instead of ``index_bits`` /
 ``entropy``. Unknown keys, keys that do not belong to a rule's method and
 values of the wrong type are errors that list what is valid. The ``filter`` and ``entropy``
 names go to the codec unchanged, so codecs added later are usable without a change here.
+
+With an ``[auto]`` table a ``deep`` rule only says which weights the search
+(:mod:`weightcodec.pipelines.auto_model`) may simplify: it chooses their sparsity, ``K`` and
+codec (deep codec or a retrieval filter) itself, so a rule there gives only ``match`` and
+``method``. ``raw`` rules keep their weights exact.
 
 The training hook is a ``module:function`` entry point. The recipe's own folder is searched
 first, so a hook living beside the recipe needs no installation.
@@ -60,6 +72,7 @@ __all__ = [
     "CLUSTERED",
     "Rule",
     "Recipe",
+    "AutoRequest",
     "parse_recipe",
     "load_recipe",
     "as_recipe",
@@ -86,8 +99,13 @@ REQUIRED_KEYS = {"raw": ("match",), "deep": ("match",), "weightless": ("match", 
 # Name-rule pairs clusters_asked() tries at most: a real model and recipe are far below (1,000
 # tensors x 20 rules), and a crafted file must not buy quadratic time with a few MB of header.
 MAX_STORED_MATCHES = 100_000
-TOP_LEVEL_KEYS = ("rule", "training")
+TOP_LEVEL_KEYS = ("rule", "training", "auto")
 TRAINING_KEYS = ("hook",)
+AUTO_KEYS = ("target_error", "evaluate", "n_valid", "sparsities", "bits")
+# Pruning levels and bits per code an [auto] table tries when it does not say.
+DEFAULT_AUTO_SPARSITIES = (0.5, 0.75, 0.9, 0.95)
+DEFAULT_AUTO_BITS = (2, 3, 4, 5, 6)
+MAX_AUTO_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,31 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class AutoRequest:
+    """A recipe's ``[auto]`` table: the smallest file whose validation error stays within a target.
+
+    Attributes
+    ----------
+    target_error : float or None
+        Percent, on ``evaluate``; ``--target-error`` gives it on the command line instead.
+    evaluate : str or None
+        ``module:function`` called as ``evaluate(model)``, returning the validation error in percent.
+    n_valid : int or None
+        Validation examples ``evaluate`` uses: the budget keeps one standard error below the target.
+    sparsities : tuple of float
+        Pruning levels tried in order, the same for every searched weight.
+    bits : tuple of int
+        Bits per code tried for each weight (``K = 2**bits``).
+    """
+
+    target_error: float | None = None
+    evaluate: str | None = None
+    n_valid: int | None = None
+    sparsities: tuple[float, ...] = DEFAULT_AUTO_SPARSITIES
+    bits: tuple[int, ...] = DEFAULT_AUTO_BITS
+
+
+@dataclass(frozen=True)
 class Recipe:
     """An ordered list of rules and an optional training hook (``"module:function"``).
 
@@ -139,12 +182,15 @@ class Recipe:
     require_matches : bool
         Whether a rule that matches no parameter is an error (it is, except in the default
         recipe, which also applies to models with nothing to compress).
+    auto : AutoRequest or None
+        The ``[auto]`` table, if any: the automatic search instead of the rules' settings.
     """
 
     rules: tuple[Rule, ...]
     hook: str | None = None
     folder: Path | None = None
     require_matches: bool = True
+    auto: AutoRequest | None = None
 
     def assign(self, names: Iterable[str]) -> dict[str, Rule]:
         """The rule of each name that some rule matches (first match wins), in ``names`` order.
@@ -259,9 +305,18 @@ def parse_recipe(table: Mapping[str, Any], *, folder: Path | None = None) -> Rec
         rules.append(rule)
     hook, hook_problems = _parse_training(table.get("training", {}))
     problems += hook_problems
+    auto, auto_problems = _parse_auto(table["auto"]) if "auto" in table else (None, [])
+    problems += auto_problems
+    if "auto" in table:
+        problems += [
+            f"rule {i}: with [auto] the search chooses {sorted(set(raw) - {'match', 'method'})} itself; "
+            "give only 'match' and 'method'"
+            for i, (raw, r) in enumerate(zip(raw_rules, rules), 1)
+            if r is not None and set(raw) - {"match", "method"}
+        ]
     if problems:
         raise EncodeError("; ".join(problems))
-    return Recipe(tuple(rules), hook, folder)
+    return Recipe(tuple(rules), hook, folder, auto=auto)
 
 
 def as_recipe(recipe: Recipe | Mapping | str | os.PathLike | None) -> Recipe:
@@ -387,6 +442,27 @@ def _parse_training(training: Any) -> tuple[str | None, list[str]]:
     if hook is not None and not (isinstance(hook, str) and _is_entry_point(hook)):
         problems.append(f"[training] hook must be 'module:function', got {hook!r}")
     return hook, problems
+
+
+def _parse_auto(table: Any) -> tuple[AutoRequest | None, list[str]]:
+    if not isinstance(table, Mapping):
+        return None, [f"[auto] must be a table, got {type(table).__name__}"]
+    problems = _unknown_keys("[auto]", table, AUTO_KEYS)
+    checks = {
+        "target_error": lambda v: None if _is_number(v) and 0 < v < 100 else "must be a number of percent in (0, 100)",
+        "evaluate": lambda v: None if isinstance(v, str) and _is_entry_point(v) else "must be 'module:function'",
+        "n_valid": _check_positive_int,
+        "sparsities": lambda v: None if isinstance(v, list) and v and all(_check_sparsity(x) is None for x in v)
+        and v == sorted(set(v)) else "must be a non-empty increasing list of numbers in [0, 1)",
+        "bits": lambda v: None if isinstance(v, list) and v and all(_is_int(x) and 1 <= x <= MAX_AUTO_BITS for x in v)
+        else f"must be a non-empty list of integers in [1, {MAX_AUTO_BITS}]",
+    }  # fmt: skip
+    problems += [f"[auto] {key} {checks[key](value)}, got {value!r}" for key, value in table.items()
+                 if key in checks and checks[key](value)]  # fmt: skip
+    if problems:
+        return None, problems
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in table.items()}
+    return AutoRequest(**values), []
 
 
 def _is_entry_point(spec: str) -> bool:

@@ -44,7 +44,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping, Protocol
 
 import torch
 from torch import nn
@@ -78,7 +78,7 @@ from .steps import (
 )
 from .training import ArrayLoader, TrainConfig, evaluate, train_baseline, train_loader
 
-__all__ = ["standard_error", "validation_budget", "Problem", "search", "run", "run_reproduce"]
+__all__ = ["standard_error", "validation_budget", "Training", "LoaderTraining", "Problem", "search", "run", "run_reproduce"]
 
 PERCENT = 100.0
 
@@ -100,22 +100,71 @@ def validation_budget(target: float, n_valid: int, margin_se: float) -> float:
     return target - margin_se * standard_error(target, n_valid)
 
 
+class Training(Protocol):
+    """The three ways the search retrains the model (each leaves it as its step says)."""
+
+    def prune(self, model: nn.Module, plans: Mapping[str, LayerPlan], level: int) -> None:
+        """Prune each planned weight to its plan's sparsity and retrain; the masks stay on, fixed."""
+
+    def finetune(self, model: nn.Module, plans: Mapping[str, LayerPlan]) -> None:
+        """Cluster each planned weight to its plan's ``K``, retrain the centroids, fix them."""
+
+    def retrain_after(self, model: nn.Module, name: str, desc: str) -> None:
+        """Retrain only the layers after the one holding ``name``."""
+
+
 @dataclass
-class Problem:
-    """What the search needs from the task: training batches and the validation error.
+class LoaderTraining:
+    """:class:`Training` by the pipeline's own loop (:func:`.training.train`), with the settings' recipes.
 
     Attributes
     ----------
+    settings : AutoSettings
+        ``pruning``, ``prune`` and ``cut_epochs`` for the levels, ``finetune`` and ``init`` for
+        the clusters, ``sweep`` for the retraining after a layer.
     loader : callable
         ``loader(config, offset)``: shuffled training batches for ``config`` (its subset, batch
         size, augmentation), seeded with the run's seed plus ``offset``.
+    seed : int
+    progress : bool
+    """
+
+    settings: AutoSettings
+    loader: Callable[[TrainConfig, int], ArrayLoader]
+    seed: int = 0
+    progress: bool = True
+
+    def prune(self, model: nn.Module, plans: Mapping[str, LayerPlan], level: int) -> None:
+        s = self.settings
+        prune_all(model, plans, s.pruning, s.prune, self.loader(s.prune, 10 * level), cut_epochs=s.cut_epochs,
+                  seed=self.seed + 10 * level, progress=self.progress)  # fmt: skip
+
+    def finetune(self, model: nn.Module, plans: Mapping[str, LayerPlan]) -> None:
+        s = self.settings
+        cluster_and_finetune(model, plans, s.finetune, self.loader(s.finetune, 1), init=s.init, seed=self.seed,
+                             progress=self.progress)  # fmt: skip
+
+    def retrain_after(self, model: nn.Module, name: str, desc: str) -> None:
+        s = self.settings
+        retrain_after(model, name, s.sweep, self.loader(s.sweep, 2), seed=self.seed, progress=self.progress, desc=desc)
+
+
+@dataclass
+class Problem:
+    """What the search needs from the task: a way to retrain and the validation error.
+
+    Attributes
+    ----------
+    training : Training
+        :class:`LoaderTraining` on MNIST; a user's training hook for ``weightcodec compress
+        --target-error`` (:mod:`.auto_model`).
     valid_error : callable
         ``valid_error(model)``: the model's validation error, in percent.
     n_valid : int
-        Validation images (sets the standard error of the budget).
+        Validation examples (sets the standard error of the budget).
     """
 
-    loader: Callable[[TrainConfig, int], ArrayLoader]
+    training: Training
     valid_error: Callable[[nn.Module], float]
     n_valid: int
 
@@ -182,12 +231,11 @@ def _prune_levels(search: _Search, names: list[str], allowance: float) -> dict[s
 
     Returns the kept level's plans; the model is left under fixed masks at exactly them.
     """
-    settings, problem = search.settings, search.problem
+    settings = search.settings
     kept, levels = None, []
     for index, level in enumerate(settings.levels):
         plans = {name: LayerPlan(level[name], max(settings.bits)) for name in names}
-        prune_all(search.model, plans, settings.pruning, settings.prune, problem.loader(settings.prune, 10 * index),
-                  cut_epochs=settings.cut_epochs, seed=search.seed + 10 * index, progress=search.progress)  # fmt: skip
+        search.problem.training.prune(search.model, plans, index)
         unmask_(search.model, plans)
         error = search.valid()
         levels.append({"level": index, "sparsity": dict(level), "valid_error": error})
@@ -215,9 +263,7 @@ def _choose_clusters(search: _Search, name: str, sparsity: float, allowance: flo
     candidates = sorted(settings.bits)
     for bits in candidates:
         _restore_(search.model, start)
-        cluster_and_finetune(search.model, {name: LayerPlan(sparsity, bits)}, settings.finetune,
-                             search.problem.loader(settings.finetune, 1), init=settings.init, seed=search.seed,
-                             progress=search.progress)  # fmt: skip
+        search.problem.training.finetune(search.model, {name: LayerPlan(sparsity, bits)})
         tried.append({"bits": bits, "valid_error": search.valid()})
         if tried[-1]["valid_error"] <= allowance:
             break
@@ -252,8 +298,7 @@ def _choose_encoding(search: _Search, name: str, allowance: float) -> tuple[cont
     for record, decoded, encoding in smaller[: settings.filter_trials]:
         with torch.no_grad():
             search.model.get_parameter(name).copy_(decoded)
-        retrain_after(search.model, name, settings.sweep, search.problem.loader(settings.sweep, 2), seed=search.seed,
-                      progress=search.progress, desc=f"retrain after {name} ({encoding.filter}, t={encoding.t})")  # fmt: skip
+        search.problem.training.retrain_after(search.model, name, f"retrain after {name} ({encoding.filter}, t={encoding.t})")
         tried.append({**asdict(encoding), "valid_error": search.valid()})
         if tried[-1]["valid_error"] > allowance:
             _restore_(search.model, start)
@@ -303,7 +348,13 @@ def _choose_small(search: _Search, name: str, allowance: float) -> tuple[contain
 
 
 def search(
-    model: nn.Module, settings: AutoSettings, problem: Problem, *, seed: int = 0, progress: bool = True
+    model: nn.Module,
+    settings: AutoSettings,
+    problem: Problem,
+    *,
+    exact: Collection[str] = (),
+    seed: int = 0,
+    progress: bool = True,
 ) -> tuple[list[container.TensorRecord], dict]:
     """Choose, tensor by tensor, the smallest storage of ``model`` within the validation budget.
 
@@ -317,7 +368,9 @@ def search(
         tensor (:func:`_choose_small`).
     settings : AutoSettings
     problem : Problem
-        Training batches and the validation error.
+        How to retrain, and the validation error.
+    exact : collection of str
+        Tensors stored raw as they are, never searched (a recipe's ``raw`` rules).
 
     Returns
     -------
@@ -360,6 +413,7 @@ def search(
         layers[name] = {"sparsity": 1 - nonzeros[name] / model.get_parameter(name).numel(), "nonzeros": nonzeros[name],
                         "clusters": clusters, "encoding": encoding, "valid_error": state.valid()}  # fmt: skip
     small = {}
+    records.update({name: encode_tensor(name, model.state_dict()[name], "raw") for name in exact})
     for name in sorted((n for n in model.state_dict() if n not in records), key=lambda n: -model.state_dict()[n].numel()):
         records[name], small[name] = _choose_small(state, name, max(budget, state.valid()))
     state.timer.lap("small tensors")
@@ -419,7 +473,8 @@ def run(
     model = train_baseline(model_name, mnist, settings.deep.baseline, seed=seed, progress=progress)
     baseline = errors(model, splits)
     problem = Problem(
-        loader=lambda config, offset: train_loader(mnist, config, seed=seed + offset),
+        training=LoaderTraining(settings, lambda config, offset: train_loader(mnist, config, seed=seed + offset), seed,
+                                progress),  # fmt: skip
         valid_error=lambda m: evaluate(m, splits.valid),
         n_valid=len(mnist.y_valid),
     )

@@ -358,19 +358,21 @@ class AutoSettings:
 
     Attributes
     ----------
-    deep : DeepSettings
-        The baseline (shared with Deep Compression, so its checkpoint is reused).
     target_error : float
         The error to stay under, in percent; choices are made on validation against
         ``target_error - margin_se * SE`` (:func:`.auto.validation_budget`).
     levels : tuple of dict of str to float
         The pruning schedule: per level, each compressed weight's sparsity. Levels are tried in
         order, each starting from the previous one; the last within the pruning allowance is kept.
-    prune : TrainConfig
-        Training during each level's pruning (DNS or magnitude).
-    finetune : TrainConfig
+    deep : DeepSettings or None
+        The LeNet baseline (shared with Deep Compression, so its checkpoint is reused); None for
+        a user's model, which comes trained.
+    prune : TrainConfig or None
+        Training during each level's pruning (DNS or magnitude); these three recipes are those
+        of :class:`.auto.LoaderTraining`, None where a user's training hook trains instead.
+    finetune : TrainConfig or None
         Centroid fine-tuning (and retraining of the later layers) for each ``K`` tried.
-    sweep : TrainConfig
+    sweep : TrainConfig or None
         Retraining of the later layers around a filter tried.
     pruning : str
         A key of :data:`.steps.PRUNERS` (``"dns"`` or ``"magnitude"``).
@@ -398,12 +400,12 @@ class AutoSettings:
         Relative-index width of the deep codec.
     """
 
-    deep: DeepSettings
     target_error: float
     levels: tuple[dict[str, float], ...]
-    prune: TrainConfig
-    finetune: TrainConfig
-    sweep: TrainConfig
+    deep: DeepSettings | None = None
+    prune: TrainConfig | None = None
+    finetune: TrainConfig | None = None
+    sweep: TrainConfig | None = None
     pruning: str = "dns"
     cut_epochs: int = 2
     bits: tuple[int, ...] = (2, 3, 4, 5, 6)

@@ -6,6 +6,7 @@ search (:mod:`.auto`) are sequences of these steps; none of them repeats one::
     prune_all        magnitude rounds (Han et al. 2015) or dynamic network surgery (Guo et al.
                      2016), retraining; masks stay fixed on the weights (mask_ / unmask_)
     cluster_and_finetune   k-means on each layer's non-zeros, fine-tune the centroids, fix them
+                     (share_ / fix_shared_ around any training)
     encode_layer / decode_layer / encode_and_measure   one weight in a retrieval filter, and
                      what the file gives back (false positives included)
     refine_stored_centroids   fine-tune a filter's centroids and the later layers, false
@@ -58,6 +59,8 @@ __all__ = [
     "PRUNERS",
     "prune_all",
     "cluster_and_finetune",
+    "share_",
+    "fix_shared_",
     "retrain_after",
     "encode_layer",
     "decode_layer",
@@ -280,14 +283,28 @@ def cluster_and_finetune(
     of its weights. Masks left on these weights are made permanent first; their zero patterns
     do not change.
     """
+    share_(model, plans, init=init, seed=seed)
+    train(model, loader, config, seed=seed, progress=progress, desc="fine-tune centroids")
+    fix_shared_(model, plans)
+
+
+def share_(model: nn.Module, plans: Mapping[str, LayerPlan], *, init: str, seed: int = 0) -> None:
+    """Tie each planned weight's non-zeros to ``min(2**bits, distinct non-zeros)`` shared centroids (k-means).
+
+    Masks left on these weights are made permanent first. Training moves each centroid by the
+    summed gradient of its weights until :func:`fix_shared_`.
+    """
     unmask_(model, plans)
     for name, plan in plans.items():
         module, weight_name = module_of(model, name), name.rpartition(".")[2]
         weight = getattr(module, weight_name).detach()
         k = min(plan.clusters, int(torch.unique(weight[weight != 0]).numel()))
         cluster.share_weights_(module, weight_name, k, init=init, seed=seed)
-    train(model, loader, config, seed=seed, progress=progress, desc="fine-tune centroids")
-    for name in plans:
+
+
+def fix_shared_(model: nn.Module, names: Iterable[str]) -> None:
+    """Turn the shared weights of ``names`` back into plain weights holding the centroids. Cannot be undone."""
+    for name in names:
         cluster.make_permanent_(module_of(model, name), name.rpartition(".")[2])
 
 
