@@ -154,6 +154,26 @@ def test_compress_the_example_with_its_training_hook(run, tmp_path, monkeypatch)
     assert codecs["embed.weight"] == "deep" and codecs["hidden.weight"] == "weightless" and codecs["head.weight"] == "raw"
 
 
+def test_compress_the_example_to_a_target_error(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("compress", "--recipe", EXAMPLES / "recipe_auto.toml", "tiny_model:build", "-o", "auto.wcz",
+                         "--target-error", "72", "-q")  # fmt: skip
+    assert code == 0, err
+    valid, target = re.search(r"validation error ([\d.]+) % \(target ([\d.]+) %", out).groups()
+    assert float(valid) <= float(target) == 72.0  # the flag overrides the recipe's 70
+    wcz = container.read(tmp_path / "auto.wcz")
+    assert wcz.metadata["target_error"] == "72.0" and {r.name: r.encoded.codec for r in wcz.records}["head.weight"] == "raw"
+    assert run("compress", "--recipe", EXAMPLES / "recipe.toml", "tiny_model:build", "-o", "fixed.wcz", "-q")[0] == 0
+    assert (tmp_path / "auto.wcz").stat().st_size < (tmp_path / "fixed.wcz").stat().st_size
+
+
+def test_target_error_without_an_evaluation_function_says_what_to_add(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run("compress", "--recipe", EXAMPLES / "recipe.toml", "tiny_model:build", "-o", "t.wcz", "--target-error", "5")
+    assert code != 0 and not (tmp_path / "t.wcz").exists()
+    assert "add [auto] evaluate = 'module:function'" in err and "add [auto] n_valid = N" in err
+
+
 def test_compress_a_state_dict_file(run, weights, tmp_path):
     path, _ = weights
     (tmp_path / "r.toml").write_text('[[rule]]\nmatch = "fc1.*"\nmethod = "deep"\nsparsity = 0.9\nclusters = 8\n')

@@ -3,7 +3,6 @@
 import json
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,31 +13,20 @@ from weightcodec.pipelines.data import Mnist
 from weightcodec.pipelines.models import build_model
 from weightcodec.pipelines.training import ArrayLoader, TrainConfig, evaluate, train
 
-TINY = TrainConfig(epochs=1, lr=0.02, batch_size=32, weight_decay=0.0)
-
-
-def _toy_mnist(n: int = 256, seed: int = 0) -> Mnist:
-    """Random images with a learnable signal: pixel 50 * label is bright."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, n).astype(np.int64)
-    x = (rng.random((n, 784)) * 0.2).astype(np.float32)
-    x[np.arange(n), y * 50] = 1.0
-    return Mnist(x, y, x[:64], y[:64], x[64:128], y[64:128], "toy")
-
-
-def _toy_problem(mnist: Mnist) -> auto.Problem:
+def _toy_problem(mnist: Mnist, toy: settings.AutoSettings) -> auto.Problem:
     valid = ArrayLoader(mnist.x_valid, mnist.y_valid, batch_size=64)
+    loader = lambda config, offset: ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True, seed=offset)  # noqa: E731
     return auto.Problem(
-        loader=lambda config, offset: ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True, seed=offset),
+        training=auto.LoaderTraining(toy, loader, progress=False),
         valid_error=lambda model: evaluate(model, valid),
         n_valid=len(mnist.y_valid),
     )
 
 
-def _toy_settings(**overrides) -> settings.AutoSettings:
+def _toy_settings(tiny: TrainConfig, **overrides) -> settings.AutoSettings:
     base = settings.AUTO["lenet300"]
     return replace(
-        base, deep=replace(base.deep, baseline=TINY), prune=TINY, finetune=TINY, sweep=TINY, cut_epochs=1,
+        base, deep=replace(base.deep, baseline=tiny), prune=tiny, finetune=tiny, sweep=tiny, cut_epochs=1,
         bits=(1, 2, 3), bias_bits=(1, 2), t_values=(4, 8), **overrides,
     )  # fmt: skip
 
@@ -49,9 +37,9 @@ def test_standard_error_and_budget():
     assert auto.validation_budget(0.80, 10_000, 0.0) == 0.80
 
 
-def test_small_candidates_go_from_fewest_bytes_and_include_float16_and_raw():
+def test_small_candidates_go_from_fewest_bytes_and_include_float16_and_raw(tiny):
     bias = torch.linspace(-1, 1, 300)
-    candidates = auto._small_candidates("b", bias, _toy_settings(), seed=0)
+    candidates = auto._small_candidates("b", bias, _toy_settings(tiny), seed=0)
     sizes = [record.nbytes for record, _ in candidates]
     assert sizes == sorted(sizes)
     kinds = {(record.encoded.codec, record.dtype) for record, _ in candidates}
@@ -61,22 +49,22 @@ def test_small_candidates_go_from_fewest_bytes_and_include_float16_and_raw():
         assert torch.equal(decoded, values.float()), record.encoded.codec
 
 
-def test_search_settings_that_do_not_fit_are_listed():
-    bad = _toy_settings(levels=({"fc9.weight": 0.5}, {"fc1.weight": 0.9}), pruning="lottery")
+def test_search_settings_that_do_not_fit_are_listed(tiny, toy_mnist):
+    bad = _toy_settings(tiny, levels=({"fc9.weight": 0.5}, {"fc1.weight": 0.9}), pruning="lottery")
     with pytest.raises(WeightcodecError) as info:
-        auto.search(build_model("lenet300"), bad, _toy_problem(_toy_mnist()), progress=False)
+        auto.search(build_model("lenet300"), bad, _toy_problem(toy_mnist, bad), progress=False)
     message = str(info.value)
     assert "unknown weight 'fc9.weight'" in message and "unknown pruning 'lottery'" in message
     assert "level 1 names ['fc1.weight'], level 0 ['fc9.weight']" in message
 
 
 @pytest.fixture(scope="module")
-def toy_search():
-    mnist = _toy_mnist()
+def toy_search(tiny, toy_mnist):
+    mnist = toy_mnist
     model = build_model("lenet300", seed=0)
-    train(model, ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True), replace(TINY, epochs=3), progress=False)
-    toy = _toy_settings(target_error=60.0)  # a generous budget: the toy model is far from converged
-    records, trace = auto.search(model, toy, _toy_problem(mnist), progress=False)
+    train(model, ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True), replace(tiny, epochs=3), progress=False)
+    toy = _toy_settings(tiny, target_error=60.0)  # a generous budget: the toy model is far from converged
+    records, trace = auto.search(model, toy, _toy_problem(mnist, toy), progress=False)
     return model, records, trace, toy, mnist
 
 
@@ -117,7 +105,7 @@ def test_search_trace_follows_the_budget_and_the_candidates(toy_search):
         assert [t["bytes"] for t in small["tried"]] == sorted(t["bytes"] for t in small["tried"])
 
 
-def test_reproduce_sets_the_thread_count_and_says_so(monkeypatch, tmp_path):
+def test_reproduce_sets_the_thread_count_and_says_so(monkeypatch, tmp_path, toy_mnist):
     seen = []
 
     def probe(model, mnist, out_path, *, quick, seed, progress):
@@ -126,7 +114,7 @@ def test_reproduce_sets_the_thread_count_and_says_so(monkeypatch, tmp_path):
         return {"ratio": 1.0}
 
     monkeypatch.setitem(reproduce.METHODS, "probe", probe)
-    monkeypatch.setattr(reproduce, "load_mnist", lambda data, progress=True: _toy_mnist())
+    monkeypatch.setattr(reproduce, "load_mnist", lambda data, progress=True: toy_mnist)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -19,23 +19,11 @@ from weightcodec.pipelines.models import build_model
 from weightcodec.pipelines.training import ArrayLoader, TrainConfig, evaluate, train
 from weightcodec.simplify import prune
 
-TINY = TrainConfig(epochs=1, lr=0.02, batch_size=32, weight_decay=0.0)
-
-
-def _toy_mnist(n: int = 256, seed: int = 0) -> Mnist:
-    """Random images with a learnable signal: pixel 50 * label is bright."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, n).astype(np.int64)
-    x = (rng.random((n, 784)) * 0.2).astype(np.float32)
-    x[np.arange(n), y * 50] = 1.0
-    return Mnist(x, y, x[:64], y[:64], x[64:128], y[64:128], "toy")
-
-
-def _tiny_settings(model: str = "lenet300", **overrides) -> settings.WeightlessSettings:
+def _tiny_settings(tiny: TrainConfig, model: str = "lenet300", **overrides) -> settings.WeightlessSettings:
     plan = settings.WEIGHTLESS[model]
-    deep = replace(plan.deep, baseline=replace(TINY, epochs=2), retrain=TINY, finetune=TINY, prune_rounds=1)
+    deep = replace(plan.deep, baseline=replace(tiny, epochs=2), retrain=tiny, finetune=tiny, prune_rounds=1)
     return replace(
-        plan, deep=deep, prune=TINY, prune_rounds=1, finetune=TINY, sweep=TINY, retrain=TINY,
+        plan, deep=deep, prune=tiny, prune_rounds=1, finetune=tiny, sweep=tiny, retrain=tiny,
         **{"t_values": (4, 8), **overrides},
     )  # fmt: skip
 
@@ -86,12 +74,12 @@ def test_choose_t_without_points():
         sweep.choose_t([], reference=1.0, tolerance=0.1)
 
 
-def test_freeze_keeps_the_layer_through_training():
+def test_freeze_keeps_the_layer_through_training(tiny, toy_mnist):
     model = build_model("lenet300")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     steps.freeze_(model, ["fc1.weight"])
-    mnist = _toy_mnist()
-    train(model, ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32), TINY, progress=False)
+    mnist = toy_mnist
+    train(model, ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32), tiny, progress=False)
     for name, param in model.named_parameters():
         assert torch.equal(param, before[name]) == name.startswith("fc1."), name
 
@@ -114,35 +102,35 @@ def test_decode_layer_is_the_stored_weights_plus_false_positives():
 
 
 @pytest.mark.parametrize("pruning", sorted(steps.PRUNERS))
-def test_prune_all_hits_each_sparsity_and_keeps_masks_until_unmasked(pruning):
-    mnist = _toy_mnist()
+def test_prune_all_hits_each_sparsity_and_keeps_masks_until_unmasked(pruning, tiny, toy_mnist):
+    mnist = toy_mnist
     loader = ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True)
     model = build_model("lenet300")
     plans = {"fc1.weight": LayerPlan(0.9, 2), "fc2.weight": LayerPlan(0.5, 6)}
-    steps.prune_all(model, plans, pruning, TINY, loader, progress=False)
+    steps.prune_all(model, plans, pruning, tiny, loader, progress=False)
     masks = {name: prune.mask_of(model.get_submodule(name[:3])) for name in plans}
     assert {n: float((~m).float().mean()) for n, m in masks.items()} == pytest.approx({"fc1.weight": 0.9, "fc2.weight": 0.5})
-    train(model, loader, TINY, progress=False)
+    train(model, loader, tiny, progress=False)
     steps.unmask_(model, plans)
     for name, mask in masks.items():
         weight = model.get_parameter(name)
         assert torch.equal(weight != 0, mask) and not prune.is_pruned(model.get_submodule(name[:3])), (pruning, name)
 
 
-def test_prune_all_unknown_method_lists_the_valid_ones():
+def test_prune_all_unknown_method_lists_the_valid_ones(tiny):
     with pytest.raises(WeightcodecError, match=r"unknown pruning 'lottery'; choose one of \['dns', 'magnitude'\]"):
-        steps.prune_all(build_model("lenet300"), {}, "lottery", TINY, None, progress=False)
+        steps.prune_all(build_model("lenet300"), {}, "lottery", tiny, None, progress=False)
 
 
-def test_sweep_retrains_only_later_layers_around_what_the_filter_decodes():
+def test_sweep_retrains_only_later_layers_around_what_the_filter_decodes(tiny, toy_mnist):
     model = build_model("lenet300")
     _sparse_clustered_fc1(model)
     start = {n: t.clone() for n, t in model.state_dict().items()}
-    mnist = _toy_mnist()
+    mnist = toy_mnist
     loader = ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True)
     splits = steps.Splits(ArrayLoader(mnist.x_valid, mnist.y_valid, batch_size=64),
                                ArrayLoader(mnist.x_test, mnist.y_test, batch_size=64))  # fmt: skip
-    points, kept = sweep.sweep_t(model, "fc1.weight", (1, 4, 8), TINY, loader, splits, progress=False)
+    points, kept = sweep.sweep_t(model, "fc1.weight", (1, 4, 8), tiny, loader, splits, progress=False)
     assert [(p.filter, p.t) for p in points] == [("bloomier", 4), ("bloomier", 8)]  # t = 1 cannot hold K = 4 codes
     assert all(torch.equal(model.state_dict()[n], start[n]) for n in start), "the model is left as it came"
     for point in points:
@@ -165,11 +153,11 @@ def _toy_splits(mnist: Mnist) -> steps.Splits:
     return steps.Splits(ArrayLoader(mnist.x_valid, mnist.y_valid, batch_size=64), ArrayLoader(mnist.x_test, mnist.y_test, batch_size=64))
 
 
-def test_best_seed_keeps_the_seed_of_lowest_validation_loss():
+def test_best_seed_keeps_the_seed_of_lowest_validation_loss(toy_mnist):
     model = build_model("lenet300")
     _sparse_clustered_fc1(model)
     clustered = model.fc1.weight.detach().clone()
-    valid = _toy_splits(_toy_mnist()).valid
+    valid = _toy_splits(toy_mnist).valid
     (record, decoded, encoding, seed), tried = sweep.best_seed(
         model, "fc1.weight", clustered, t=4, filter="ribbon", seeds=(0, 1000, 2000), valid=valid
     )
@@ -183,11 +171,11 @@ def test_best_seed_keeps_the_seed_of_lowest_validation_loss():
     )
 
 
-def test_best_seed_prefers_seeds_within_the_byte_limit():
+def test_best_seed_prefers_seeds_within_the_byte_limit(toy_mnist):
     model = build_model("lenet300")
     _sparse_clustered_fc1(model, density=0.02)
     clustered = model.fc1.weight.detach().clone()
-    valid = _toy_splits(_toy_mnist()).valid
+    valid = _toy_splits(toy_mnist).valid
     find = lambda limit: sweep.best_seed(  # noqa: E731
         model, "fc1.weight", clustered, t=6, filter="ribbon", seeds=range(0, 8000, 1000), valid=valid, max_bytes=limit
     )
@@ -200,12 +188,12 @@ def test_best_seed_prefers_seeds_within_the_byte_limit():
     assert seed == min(tried, key=lambda s: s["valid_loss"])["seed"]
 
 
-def test_sweep_with_seeds_records_every_seed_tried():
+def test_sweep_with_seeds_records_every_seed_tried(tiny, toy_mnist):
     model = build_model("lenet300")
     _sparse_clustered_fc1(model)
-    mnist = _toy_mnist()
+    mnist = toy_mnist
     loader = ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True)
-    points, kept = sweep.sweep_t(model, "fc1.weight", (4,), TINY, loader, _toy_splits(mnist), filter="ribbon", seeds=3, progress=False)
+    points, kept = sweep.sweep_t(model, "fc1.weight", (4,), tiny, loader, _toy_splits(mnist), filter="ribbon", seeds=3, progress=False)
     [point] = points
     assert point.clusters == 4 and [s["seed"] for s in point.seeds] == [0, sweep.SEED_STRIDE, 2 * sweep.SEED_STRIDE]
     assert point.seed in [s["seed"] for s in point.seeds] and kept[4][0].encoded.meta["seed"] == point.seed
@@ -223,7 +211,7 @@ def test_choose_point_smallest_within_bytes_and_tolerance(max_bytes, tolerance, 
     assert (chosen.t, chosen.clusters) == expected
 
 
-def test_refine_moves_only_the_codebook_of_the_filter():
+def test_refine_moves_only_the_codebook_of_the_filter(toy_mnist):
     model = build_model("lenet300")
     _sparse_clustered_fc1(model)
     clustered = model.fc1.weight.detach().clone()
@@ -231,7 +219,7 @@ def test_refine_moves_only_the_codebook_of_the_filter():
     with torch.no_grad():
         model.fc1.weight.copy_(steps.decode_layer(record))
     before = {n: t.clone() for n, t in model.state_dict().items()}
-    mnist = _toy_mnist()
+    mnist = toy_mnist
     loader = ArrayLoader(mnist.x_train, mnist.y_train, batch_size=32, shuffle=True)
     adam = TrainConfig(epochs=1, lr=1e-3, optimizer="adam", weight_decay=0.0, batch_size=32)
     refined, kept_order = steps.refine_stored_centroids(model, "fc1.weight", clustered, record, adam, loader, progress=False)
@@ -246,7 +234,7 @@ def test_refine_moves_only_the_codebook_of_the_filter():
     assert not torch.equal(model.fc1.bias, before["fc1.bias"]) and not torch.equal(model.fc3.weight, before["fc3.weight"])
 
 
-def test_refine_puts_the_model_back_if_the_centroids_reorder(monkeypatch):
+def test_refine_puts_the_model_back_if_the_centroids_reorder(monkeypatch, tiny):
     model = build_model("lenet300")
     _sparse_clustered_fc1(model)
     clustered = model.fc1.weight.detach().clone()
@@ -261,17 +249,17 @@ def test_refine_puts_the_model_back_if_the_centroids_reorder(monkeypatch):
             model.fc3.weight.add_(1.0)
 
     monkeypatch.setattr(steps, "train", reorder)
-    result, kept_order = steps.refine_stored_centroids(model, "fc1.weight", clustered, record, TINY, None, progress=False)
+    result, kept_order = steps.refine_stored_centroids(model, "fc1.weight", clustered, record, tiny, None, progress=False)
     assert not kept_order and result is record
     assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
 
 
-def test_refine_refuses_a_model_that_does_not_hold_the_record():
+def test_refine_refuses_a_model_that_does_not_hold_the_record(tiny):
     model = build_model("lenet300")
     _sparse_clustered_fc1(model)
     record = steps.encode_layer("fc1.weight", model.fc1.weight.detach(), t=5, filter="ribbon")
     with pytest.raises(WeightcodecError, match="does not hold what its record decodes"):
-        steps.refine_stored_centroids(model, "fc1.weight", model.fc1.weight.detach(), record, TINY, None, progress=False)
+        steps.refine_stored_centroids(model, "fc1.weight", model.fc1.weight.detach(), record, tiny, None, progress=False)
 
 
 def test_encode_model_mixes_weightless_deep_and_raw():
@@ -289,9 +277,9 @@ def test_encode_model_mixes_weightless_deep_and_raw():
     assert records[0] is record
 
 
-def test_settings_that_do_not_fit_are_listed_before_training(tmp_path):
+def test_settings_that_do_not_fit_are_listed_before_training(tmp_path, tiny, toy_mnist):
     bad = replace(
-        _tiny_settings(),
+        _tiny_settings(tiny),
         layers={"fc9.weight": LayerPlan(0.9, 6)},
         pruning="lottery",
         reference="dense",
@@ -299,7 +287,7 @@ def test_settings_that_do_not_fit_are_listed_before_training(tmp_path):
         filters=("bloomier", "cuckoo"),
     )
     with pytest.raises(WeightcodecError) as info:
-        weightless.run("lenet300", _toy_mnist(), bad, tmp_path / "m.wcz", progress=False)
+        weightless.run("lenet300", toy_mnist, bad, tmp_path / "m.wcz", progress=False)
     message = str(info.value)
     assert message.startswith("Weightless settings do not fit LeNet300: unknown layer 'fc9.weight'; ")
     assert "unknown pruning 'lottery' (choose one of ['dns', 'magnitude'])" in message
@@ -359,13 +347,13 @@ def test_deep_on_identical_weights_is_the_same_file_with_the_filter_stored_lossl
 
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
+def toy_run(tmp_path_factory, tiny, toy_mnist):
     """One whole run on toy data (its baseline cached in a private folder): result, file, data."""
     folder = tmp_path_factory.mktemp("toy")
-    mnist = _toy_mnist()
+    mnist = toy_mnist
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WEIGHTCODEC_CACHE", str(folder / "cache"))
-        result = weightless.run("lenet300", mnist, _tiny_settings(), folder / "m.wcz", progress=False)
+        result = weightless.run("lenet300", mnist, _tiny_settings(tiny), folder / "m.wcz", progress=False)
     return result, folder, mnist
 
 
@@ -381,14 +369,14 @@ def test_run_on_toy_data_writes_the_model_it_measured(toy_run):
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
 
 
-def test_run_with_k_candidates_seeds_ratio_floor_and_refinement(tmp_path):
+def test_run_with_k_candidates_seeds_ratio_floor_and_refinement(tmp_path, tiny, toy_mnist):
     """The levers of the LeNet-5 plan on toy data: every K swept, the choice within the ratio, refined."""
-    mnist = _toy_mnist()
+    mnist = toy_mnist
     adam = TrainConfig(epochs=1, lr=1e-4, optimizer="adam", weight_decay=0.0, batch_size=32)
-    tiny = _tiny_settings(bits_tried=(1,), filter_seeds=2, min_ratio=20.0, refine=adam, t_values=(4, 6))
+    toy = _tiny_settings(tiny, bits_tried=(1,), filter_seeds=2, min_ratio=20.0, refine=adam, t_values=(4, 6))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WEIGHTCODEC_CACHE", str(tmp_path / "cache"))
-        result = weightless.run("lenet300", mnist, tiny, tmp_path / "m.wcz", progress=False)
+        result = weightless.run("lenet300", mnist, toy, tmp_path / "m.wcz", progress=False)
     _check_result(result, tmp_path / "m.wcz", mnist, "lenet300")
     [stage] = [s for s in result["stages"] if s["method"] == "weightless"]
     assert [k["K"] for k in stage["clusters_tried"]] == [8, 2]
