@@ -81,10 +81,25 @@ def test_key_of_another_method_is_named_as_such():
         parse_recipe({"rule": [{"match": "*", "method": "raw", "sparsity": 0.5}]})
 
 
+def test_auto_table_is_read_and_its_mistakes_listed_at_once():
+    recipe = parse_recipe({**rule(), "auto": {"target_error": 2, "evaluate": "m:valid", "n_valid": 500, "bits": [2, 4]}})
+    assert (recipe.auto.target_error, recipe.auto.evaluate, recipe.auto.n_valid) == (2, "m:valid", 500)
+    assert recipe.auto.bits == (2, 4) and recipe.auto.sparsities == (0.5, 0.75, 0.9, 0.95)  # the default levels
+    assert parse_recipe(rule()).auto is None
+    with pytest.raises(EncodeError) as info:
+        parse_recipe({**rule(), "auto": {"evaluate": "nocolon", "n_valid": 0, "sparsities": [0.9, 0.5], "bits": [9], "k": 1}})
+    message = str(info.value)
+    assert "[auto]: unknown key 'k'; valid keys: ['target_error', 'evaluate', 'n_valid', 'sparsities', 'bits']" in message
+    assert "[auto] evaluate must be 'module:function', got 'nocolon'" in message
+    assert "[auto] n_valid must be an integer >= 1, got 0" in message
+    assert "[auto] sparsities must be a non-empty increasing list of numbers in [0, 1), got [0.9, 0.5]" in message
+    assert "[auto] bits must be a non-empty list of integers in [1, 8], got [9]" in message
+
+
 def test_unknown_method_and_top_level_keys_list_the_valid_ones():
     with pytest.raises(EncodeError, match=r"method must be one of \['raw', 'deep', 'weightless'\], got 'dep'"):
         parse_recipe({"rule": [{"match": "*", "method": "dep"}]})
-    with pytest.raises(EncodeError, match=r"recipe: unknown key 'rules'; valid keys: \['rule', 'training'\]"):
+    with pytest.raises(EncodeError, match=r"recipe: unknown key 'rules'; valid keys: \['rule', 'training', 'auto'\]"):
         parse_recipe({"rules": []})
     with pytest.raises(EncodeError, match=r"\[training\]: unknown key 'hooks'; valid keys: \['hook'\]"):
         parse_recipe({**rule(), "training": {"hooks": "a:b"}})

@@ -379,11 +379,11 @@ def compress_file(
     """Compress a state_dict file into a ``.wcz`` file one tensor at a time, in bounded memory.
 
     The file written is the one :func:`compress` writes for the same state_dict, recipe and
-    seed, but the model is never held whole: a first pass reads each tensor (memory-mapped, see
-    :class:`~weightcodec.tensors.StateDictFile`) and checks it, so that every offender is
-    reported before any work; the second reads, simplifies and encodes each tensor and streams
+    seed, but the model is never held whole: one pass reads each tensor once (memory-mapped, see
+    :class:`~weightcodec.tensors.StateDictFile`), checks, simplifies and encodes it and streams
     its sections to the file (:func:`weightcodec.container.write`) before the next is read.
-    Peak memory is that of about ``jobs`` tensors, whatever the model's size.
+    Peak memory is that of about ``jobs`` tensors, whatever the model's size. Once a tensor
+    fails its checks the later ones are only checked, and every offender is reported at the end.
 
     Parameters
     ----------
@@ -419,31 +419,28 @@ def compress_file(
     container.check_writable(path)
     source = source if isinstance(source, tensors.StateDictFile) else tensors.StateDictFile(source)
     rules = recipe.assign(compressible_names(source.specs))
+    problems: list[str] = []  # in file order; once one is found the rest are only checked
 
-    def check(name: str) -> str | bool:
-        """The problem that stops ``name`` from being encoded, else whether it needs simplifying."""
-        step, problem = _plan_tensor(name, source[name], rules[name])
-        return problem or step.mask is not None
-
-    # first pass: every offender is reported before anything is encoded, as plan() does; only
-    # a flag per tensor is kept (its mask is recomputed when it is encoded), so memory stays bounded
-    checks = dict(zip(rules, ordered_map(check, list(rules), jobs)))
-    problems = [c for c in checks.values() if isinstance(c, str)]
-    if problems:
-        raise EncodeError("; ".join(problems))
-
-    def encode_one(name: str) -> container.TensorRecord:
+    def encode_one(name: str) -> container.TensorRecord | str:
+        """``name``'s record, read once from the file; or what stops it from being encoded."""
         tensor = source[name]
-        if name not in rules:
-            return _encode(name, tensor, None, seed)
-        step = Step(name, rules[name], None)
-        if checks[name] is True:
-            step, _ = _plan_tensor(name, tensor, rules[name])
+        step, problem = _plan_tensor(name, tensor, rules[name]) if name in rules else (None, None)
+        if problem or problems:
+            return problem or ""  # "": not encoded, as an earlier tensor failed
+        if step is not None and step.mask is not None:
             tensor = _simplify_tensor(tensor, step, seed)
         return _encode(name, tensor, step, seed)
 
-    records = ordered_map(encode_one, list(source), jobs)
-    records = tqdm(records, desc="encoding", unit="tensor", total=len(source), disable=not progress)
+    def checked_records():
+        for result in ordered_map(encode_one, list(source), jobs):
+            if isinstance(result, str):
+                problems.extend([result] if result else [])
+            elif not problems:
+                yield result
+        if problems:  # raised inside container.write: no file, no temporary file is left
+            raise EncodeError("; ".join(problems))
+
+    records = tqdm(checked_records(), desc="encoding", unit="tensor", total=len(source), disable=not progress)
     return container.write(path, records, file_metadata(recipe, seed))
 
 

@@ -27,6 +27,24 @@ def _sparse_layer(shape, density, clusters, seed):
     return array, mask
 
 
+def _read_in_chunks(reader, total, chunks):
+    """Read ``total`` symbols from a streaming ``reader`` in pieces of the sizes ``chunks`` (cycled), then close it."""
+    pieces, left = [], total
+    for n in chunks * (total // sum(chunks) + 1):
+        pieces.append(reader.read(min(n, left)))
+        left -= pieces[-1].size
+        if not left:
+            break
+    reader.close()
+    return np.concatenate(pieces)
+
+
+@pytest.fixture(scope="session")
+def read_in_chunks():
+    """``read_in_chunks(reader, total, chunks) -> symbols``: an entropy decoder's reader driven piece by piece."""
+    return _read_in_chunks
+
+
 @pytest.fixture(scope="session")
 def random_keys_values():
     """``random_keys_values(n, clusters, rng, universe=2**40) -> (keys, values)`` for retrieval builds."""

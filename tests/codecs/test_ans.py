@@ -399,17 +399,10 @@ def test_deep_codec_roundtrip_with_ans(shape, density, sparse_layer):
     st.lists(st.integers(1, 50), min_size=1, max_size=20),
     st.sampled_from(["counts", "bins"]),
 )
-def test_reader_in_chunks_equals_one_decode(values, chunks, model):
+def test_reader_in_chunks_equals_one_decode(read_in_chunks, values, chunks, model):
     symbols = np.array(values, dtype=np.int64)
     reader = ans_module.ans_reader(ans_encode(symbols, model=model), symbols.size)
-    pieces, left = [], symbols.size
-    for n in chunks * (symbols.size // sum(chunks) + 1):
-        pieces.append(reader.read(min(n, left)))
-        left -= pieces[-1].size
-        if not left:
-            break
-    reader.close()
-    np.testing.assert_array_equal(np.concatenate(pieces), symbols)
+    np.testing.assert_array_equal(read_in_chunks(reader, symbols.size, chunks), symbols)
 
 
 def test_reader_close_refuses_a_stream_longer_than_its_count():

@@ -176,17 +176,10 @@ def test_random_corruption_raises_only_corrupt_file_error():
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(0, 300), min_size=1, max_size=400), st.lists(st.integers(1, 50), min_size=1, max_size=20))
-def test_reader_in_chunks_equals_one_decode(values, chunks):
+def test_reader_in_chunks_equals_one_decode(read_in_chunks, values, chunks):
     symbols = np.array(values, dtype=np.int64)
     reader = huffman_reader(huffman_encode(symbols), symbols.size)
-    pieces, left = [], symbols.size
-    for n in chunks * (symbols.size // sum(chunks) + 1):
-        pieces.append(reader.read(min(n, left)))
-        left -= pieces[-1].size
-        if not left:
-            break
-    reader.close()
-    np.testing.assert_array_equal(np.concatenate(pieces), symbols)
+    np.testing.assert_array_equal(read_in_chunks(reader, symbols.size, chunks), symbols)
 
 
 def test_reader_close_refuses_trailing_payload():
