@@ -5,8 +5,8 @@ Runs ``weightcodec reproduce lenet300 --method M --seed S --threads 1`` for ever
 writing into ``results/seeds/seed<S>/``, so the committed seed-0 files in ``results/`` are left
 as they are. A run whose JSON is already in its folder is not run again (the script resumes).
 The seed changes the initial weights, the order and augmentation of the training batches,
-k-means and the filters' hashes; the validation split (the last 5,000 training images) is the
-same for every seed. Each seed's baseline has its own checkpoint (the cache key holds the seed).
+k-means and the filters' hashes; the validation split (MNIST's official 10,000 validation
+images) is the same for every seed. Each seed's baseline has its own checkpoint (the cache key holds the seed).
 
 Then (and with ``--table-only`` without running anything) it writes ``results/seeds.json``
 (every run's figures, the per-method mean and sample standard deviation, and whether each run
