@@ -71,6 +71,7 @@ def test_compress_to_error_keeps_the_decoded_model_within_the_target_and_beats_a
     assert set(result["search"]["layers"]) == {"fc1.weight"} and set(result["search"]["small"]) == {"fc1.bias", "fc2.bias"}
     assert container.from_bytes(data).metadata["target_error"] == f"{target}"
     assert {stage for stage, _ in calls} == {"pruned", "clustered"}
+    assert all(p.requires_grad for p in model.parameters())  # the search's freezing is undone
 
 
 def test_retraining_after_a_layer_trains_only_the_layers_after_it(toy):
@@ -102,3 +103,21 @@ def test_a_recipe_with_auto_is_refused_by_the_plain_api_and_rule_settings_are_re
         compress_to_error(model, recipe)
     with pytest.raises(EncodeError, match=r"\[auto\] target_error must be a number of percent in \(0, 100\), got 0"):
         compress_to_error(model, _recipe(hook, valid_error, n_valid, target_error=0))
+
+
+def test_a_failing_search_puts_the_model_back_as_it_was(toy):
+    model, hook, valid_error, _, n_valid = toy
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    seen = []
+
+    def flaky(m):
+        seen.append(1)
+        if len(seen) == 3:  # after the first pruning level
+            raise RuntimeError("validation data went away")
+        return valid_error(m)
+
+    with pytest.raises(RuntimeError, match="validation data went away"):
+        compress_to_error(model, _recipe(hook, flaky, n_valid, target_error=90.0))
+    assert sorted(model.state_dict()) == sorted(before)  # no mask or shared-weight parametrization left
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
+    assert all(p.requires_grad for p in model.parameters())

@@ -96,8 +96,8 @@ def compress_to_error(
 ) -> dict:
     """The smallest ``.wcz`` of ``model`` whose validation error stays within ``target_error``.
 
-    ``model`` is simplified in place: afterwards it holds exactly what the file gives back. If
-    anything fails it is put back as it was.
+    ``model`` is simplified in place: afterwards it holds exactly what the file gives back, its
+    parameters as trainable as they were. If anything fails it is put back as it was.
 
     Parameters
     ----------
@@ -141,6 +141,7 @@ def compress_to_error(
                             pruning="magnitude", bits=request.bits)  # fmt: skip
     problem = Problem(HookTraining(hook, settings.init, seed), lambda m: float(evaluate(m)), request.n_valid)
     snapshot = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     try:
         records, trace = search(model, settings, problem, exact=exact, seed=seed, progress=progress)
         data = container.to_bytes(records, {**api.file_metadata(recipe, seed), "target_error": f"{target}"})
@@ -148,6 +149,9 @@ def compress_to_error(
     except BaseException:
         api.restore_(model, snapshot)
         raise
+    finally:  # the search freezes each finished layer; the caller gets its model as trainable as it was
+        for name, p in model.named_parameters():
+            p.requires_grad_(trainable.get(name, p.requires_grad))
     if path is not None:
         container.atomic_write_bytes(Path(path), data)
     original = sum(t.numel() * t.element_size() for t in snapshot.values())
