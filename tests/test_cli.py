@@ -200,15 +200,15 @@ def test_decode_into_onnx(run, tmp_path):
 def test_reproduce_calls_the_pipeline(run, monkeypatch):
     calls = []
 
-    def reproduce(model, method, *, quick, seed, progress, data, threads):
-        calls.append((model, method, quick, seed, progress, data, threads))
+    def reproduce(model, method, *, quick, seed, progress, data, threads, results_dir):
+        calls.append((model, method, quick, seed, progress, data, threads, results_dir))
         return {"model": model, "method": method, "quick": quick, "baseline_test_error": 9.0, "test_error": 11.894,
                 "file_bytes": 21903, "ratio": 48.66478050561285, "layers": [], "seconds": 95.4,
                 "json_path": "r.json", "wcz_path": "r.wcz"}
 
     monkeypatch.setattr(weightcodec.cli, "reproduce", reproduce)
     code, out, _ = run("reproduce", "lenet300", "--method", "deep", "--quick", "--seed", "3", "-q")
-    assert code == 0 and calls == [("lenet300", "deep", True, 3, False, None, 1)]
+    assert code == 0 and calls == [("lenet300", "deep", True, 3, False, None, 1, Path("benchmarks/results"))]
     assert out.splitlines() == [
         "lenet300 --method deep --quick: a smoke run on a small training budget; its errors are far above a full run's",
         "figure                     this run  full run (committed)   paper",

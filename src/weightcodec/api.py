@@ -432,16 +432,20 @@ def compress_file(
         return _encode(name, tensor, step, seed)
 
     def checked_records():
+        bar = None  # shown from the first record on: an offender among the first tensors gets a clean error
         for result in ordered_map(encode_one, list(source), jobs):
             if isinstance(result, str):
                 problems.extend([result] if result else [])
             elif not problems:
+                bar = bar or tqdm(desc="encoding", unit="tensor", total=len(source), disable=not progress)
+                bar.update()
                 yield result
+        if bar is not None:
+            bar.close()
         if problems:  # raised inside container.write: no file, no temporary file is left
             raise EncodeError("; ".join(problems))
 
-    records = tqdm(checked_records(), desc="encoding", unit="tensor", total=len(source), disable=not progress)
-    return container.write(path, records, file_metadata(recipe, seed))
+    return container.write(path, checked_records(), file_metadata(recipe, seed))
 
 
 def file_metadata(recipe: Recipe, seed: int) -> dict[str, str]:
