@@ -1,0 +1,156 @@
+"""Retraining on a real model: all-MiniLM-L6-v2 at about 20x, the same recipe without and with distillation.
+
+The recipe is ``examples/minilm_distill.toml`` (about 20x smaller than the 90.9 MB float32
+safetensors); its training hook, ``examples/minilm_distill.py``, distils the compressed model
+toward the original's outputs on unlabeled text (the prose of ``pydoc_data.topics``, none of it
+an evaluation sentence). Three files, each written, then decoded to measure it:
+
+* **no hook**: the recipe with its ``[training]`` table left out (data-free: prune, cluster, encode);
+* **distilled**: the recipe as it is (prune, distil, cluster, distil the shared values, encode);
+* **encode_to_size**: the data-free rate allocation (:func:`weightcodec.encode_to_size`) given
+  the distilled file's bytes as its budget: the best this weightcodec does without data.
+
+Fidelity is that of ``benchmarks/bench_real_model.py`` (its :class:`Judge`): on the 320
+evaluation sentences, the mean and worst cosine between the original's and the decoded model's
+sentence embeddings, and nearest-neighbour agreement. Seconds are wall-clock and the CPU seconds
+of this process (the machine is shared: the load average before each run is in the JSON).
+
+Writes ``benchmarks/results/distill-minilm.{json,md}``; the ``.wcz`` files go to
+``<cache>/bench-distill`` (their sha256 are in the JSON). Needs ``pip install -e '.[bench]'``::
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_distill.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from _common import RESULTS, machine, machine_line, write_results
+from bench_real_model import Judge, read_sentences
+
+import weightcodec
+from weightcodec import recipe as recipes
+from weightcodec import tensors
+from weightcodec.pipelines.data import cache_dir
+from weightcodec.pipelines.pretrained import MINILM, minilm_dir
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+RECIPE = EXAMPLES / "minilm_distill.toml"
+NAME = "distill-minilm"
+
+
+class LossLog(logging.Handler):
+    """Keeps the hook's log lines (its first and last loss of each stage)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def measured(encode, path: Path, judge: Judge) -> dict:
+    """Run ``encode(path)``; the written file's bytes, sha256 and decoded fidelity, with the seconds it took."""
+    load = os.getloadavg()
+    wall, cpu = time.perf_counter(), time.process_time()
+    encode(path)
+    timing = {"seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu, "load_average_before": load}
+    data = path.read_bytes()
+    return {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), **timing,
+            **judge.fidelity(weightcodec.load(path))}
+
+
+def run(work: Path) -> dict:
+    """The three files and their figures."""
+    sys.path.insert(0, str(EXAMPLES))
+    import minilm_distill
+
+    folder = minilm_dir()
+    original = folder / "model.safetensors"
+    sentences = read_sentences()
+    judge = Judge(folder, sentences)
+    recipe = recipes.load_recipe(RECIPE)
+    log = LossLog()
+    logging.getLogger("minilm_distill").addHandler(log)
+    logging.getLogger("minilm_distill").setLevel(logging.INFO)
+    training = minilm_distill.training_sentences(minilm_distill.evaluation_sentences())
+    rows = {}
+    rows["no hook"] = measured(lambda p: weightcodec.compress(minilm_distill.build(), replace(recipe, hook=None), p),
+                               work / "no-hook.wcz", judge)
+    print("no hook", rows["no hook"], flush=True)
+    rows["distilled"] = measured(lambda p: weightcodec.compress(minilm_distill.build(), recipe, p), work / "distilled.wcz", judge)
+    print("distilled", rows["distilled"], log.lines, flush=True)
+    state = tensors.load_state_dict(original)
+    budget = rows["distilled"]["bytes"]
+    rows["encode_to_size"] = measured(lambda p: weightcodec.encode_to_size(state, p, size=budget), work / "to-size.wcz", judge)
+    print("encode_to_size", rows["encode_to_size"], flush=True)
+    for row in rows.values():
+        row["ratio"] = original.stat().st_size / row["bytes"]
+    return {
+        "machine": machine(torch=torch.__version__, transformers=version("transformers"), torch_threads=torch.get_num_threads()),
+        "model": {"name": MINILM, "bytes": original.stat().st_size},
+        "recipe": recipe.to_json(),
+        "training": {
+            "steps": minilm_distill.TRAIN_STEPS, "learning_rate": minilm_distill.LEARNING_RATE,
+            "batch_size": minilm_distill.BATCH_SIZE, "sentences": len(training),
+            "source": "pydoc_data.topics (Python language reference text) of Python " + sys.version.split()[0],
+            "overlap_with_evaluation": len(set(training) & set(sentences)), "log": log.lines,
+        },
+        "evaluation_sentences": len(sentences),
+        "rows": rows,
+    }
+
+
+def markdown(report: dict) -> str:
+    rows, training = report["rows"], report["training"]
+    lines = [
+        "# Retraining on a real model: all-MiniLM-L6-v2 at about 20x, without and with distillation",
+        "",
+        f"Written by `benchmarks/bench_distill.py`. {machine_line(report['machine'])} "
+        f"Model: {report['model']['name']} ({report['model']['bytes']:,} bytes of float32 safetensors). "
+        f"Fidelity of each decoded file on the {report['evaluation_sentences']} evaluation sentences "
+        "(`benchmarks/data/sentences.txt`): cosine between the original's and the decoded model's sentence "
+        "embedding (mean and worst), and the fraction of sentences whose nearest neighbour is unchanged.",
+        "",
+        "Recipe: `examples/minilm_distill.toml`; hook: `examples/minilm_distill.py` "
+        f"({training['steps']['pruned']} Adam steps after pruning, {training['steps']['clustered']} after clustering, "
+        f"batch {training['batch_size']}, learning rate {training['learning_rate']}) on {training['sentences']} "
+        f"unlabeled sentences of {training['source']}; {training['overlap_with_evaluation']} of them are evaluation sentences.",
+        "",
+        "| file | bytes | ratio | mean cos | worst cos | NN agree | wall s (CPU s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['bytes']:,} | {row['ratio']:.2f}x | {row['mean_cos']:.5f} | {row['min_cos']:.5f} "
+                     f"| {row['nn_agreement']:.3f} | {row['seconds']:.0f} ({row['cpu_seconds']:.0f}) |")
+    lines += ["", "Distillation loss (the hook's log): " + "; ".join(training["log"]) + ".", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch and numba threads (default 1)")
+    options = parser.parse_args()
+    torch.set_num_threads(options.threads)
+    import numba
+
+    numba.set_num_threads(min(options.threads, numba.config.NUMBA_NUM_THREADS))
+    work = cache_dir() / "bench-distill"
+    work.mkdir(parents=True, exist_ok=True)
+    report = run(work)
+    write_results(NAME, report, markdown(report))
+    print((RESULTS / f"{NAME}.md").read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
