@@ -8,7 +8,9 @@ an evaluation sentence). Three files, each written, then decoded to measure it:
 * **no hook**: the recipe with its ``[training]`` table left out (data-free: prune, cluster, encode);
 * **distilled**: the recipe as it is (prune, distil, cluster, distil the shared values, encode);
 * **encode_to_size**: the data-free rate allocation (:func:`weightcodec.encode_to_size`) given
-  the distilled file's bytes as its budget: the best this weightcodec does without data.
+  the distilled file's bytes as its budget: the best this weightcodec does without data;
+* **encode_to_size calibrated**: the same with its calibrated mode (input statistics of 256
+  training sentences, GPTQ-style compensation): data, but no training.
 
 Fidelity is that of ``benchmarks/bench_real_model.py`` (its :class:`Judge`): on the 320
 evaluation sentences, the mean and worst cosine between the original's and the decoded model's
@@ -41,11 +43,12 @@ import weightcodec
 from weightcodec import recipe as recipes
 from weightcodec import tensors
 from weightcodec.pipelines.data import cache_dir
-from weightcodec.pipelines.pretrained import MINILM, minilm_dir
+from weightcodec.pipelines.pretrained import MINILM, minilm_dir, tokenize
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RECIPE = EXAMPLES / "minilm_distill.toml"
 NAME = "distill-minilm"
+CALIBRATION_SENTENCES, CALIBRATION_BATCH = 256, 32  # encode_to_size's calibrated mode: unlabeled inputs, no training
 
 
 class LossLog(logging.Handler):
@@ -70,8 +73,8 @@ def measured(encode, path: Path, judge: Judge) -> dict:
             **judge.fidelity(weightcodec.load(path))}
 
 
-def run(work: Path) -> dict:
-    """The three files and their figures."""
+def run(work: Path) -> None:
+    """Write the files one by one; the results are rewritten after each, so a cut-short run leaves what it measured."""
     sys.path.insert(0, str(EXAMPLES))
     import minilm_distill
 
@@ -84,31 +87,39 @@ def run(work: Path) -> dict:
     logging.getLogger("minilm_distill").addHandler(log)
     logging.getLogger("minilm_distill").setLevel(logging.INFO)
     training = minilm_distill.training_sentences(minilm_distill.evaluation_sentences())
-    rows = {}
-    rows["no hook"] = measured(lambda p: weightcodec.compress(minilm_distill.build(), replace(recipe, hook=None), p),
-                               work / "no-hook.wcz", judge)
-    print("no hook", rows["no hook"], flush=True)
-    rows["distilled"] = measured(lambda p: weightcodec.compress(minilm_distill.build(), recipe, p), work / "distilled.wcz", judge)
-    print("distilled", rows["distilled"], log.lines, flush=True)
     state = tensors.load_state_dict(original)
-    budget = rows["distilled"]["bytes"]
-    rows["encode_to_size"] = measured(lambda p: weightcodec.encode_to_size(state, p, size=budget), work / "to-size.wcz", judge)
-    print("encode_to_size", rows["encode_to_size"], flush=True)
-    for row in rows.values():
-        row["ratio"] = original.stat().st_size / row["bytes"]
-    return {
+    rows = {}
+    report = {
         "machine": machine(torch=torch.__version__, transformers=version("transformers"), torch_threads=torch.get_num_threads()),
         "model": {"name": MINILM, "bytes": original.stat().st_size},
         "recipe": recipe.to_json(),
         "training": {
             "steps": minilm_distill.TRAIN_STEPS, "learning_rate": minilm_distill.LEARNING_RATE,
             "batch_size": minilm_distill.BATCH_SIZE, "sentences": len(training),
-            "source": "pydoc_data.topics (Python language reference text) of Python " + sys.version.split()[0],
+            "source": "pydoc_data.topics (the Python language reference) of Python " + sys.version.split()[0],
             "overlap_with_evaluation": len(set(training) & set(sentences)), "log": log.lines,
         },
+        "calibration": {"sentences": CALIBRATION_SENTENCES, "full": True, "source": "the first of the training sentences"},
         "evaluation_sentences": len(sentences),
         "rows": rows,
     }
+
+    def add(name: str, encode, path: Path) -> None:
+        row = measured(encode, path, judge)
+        rows[name] = {**row, "ratio": original.stat().st_size / row["bytes"]}
+        print(name, rows[name], flush=True)
+        write_results(NAME, report, markdown(report))
+
+    add("no hook", lambda p: weightcodec.compress(minilm_distill.build(), replace(recipe, hook=None), p), work / "no-hook.wcz")
+    add("distilled", lambda p: weightcodec.compress(minilm_distill.build(), recipe, p), work / "distilled.wcz")
+    budget = rows["distilled"]["bytes"]
+    add("encode_to_size", lambda p: weightcodec.encode_to_size(state, p, size=budget), work / "to-size.wcz")
+    batches = [tokenize(judge.tokenizer, training[i : i + CALIBRATION_BATCH])
+               for i in range(0, CALIBRATION_SENTENCES, CALIBRATION_BATCH)]
+    add("encode_to_size calibrated",
+        lambda p: weightcodec.encode_to_size(
+            state, p, size=budget, calibration=weightcodec.calibration_statistics(minilm_distill.build(), batches, full=True)),
+        work / "to-size-calibrated.wcz")
 
 
 def markdown(report: dict) -> str:
@@ -147,8 +158,7 @@ def main() -> None:
     numba.set_num_threads(min(options.threads, numba.config.NUMBA_NUM_THREADS))
     work = cache_dir() / "bench-distill"
     work.mkdir(parents=True, exist_ok=True)
-    report = run(work)
-    write_results(NAME, report, markdown(report))
+    run(work)
     print((RESULTS / f"{NAME}.md").read_text())
 
 
