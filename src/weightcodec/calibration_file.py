@@ -3,8 +3,8 @@
 A bare state_dict file holds no architecture, so ``encode`` cannot run the model on inputs.
 The inputs are run once, where the model lives, by
 :func:`weightcodec.calibration_statistics`; what it returns (per Linear weight the input
-second moments, per Embedding weight the row frequencies: a few KB to a few MB, whatever the
-number of inputs) is the file::
+second moments, per Embedding weight the row frequencies; its size depends on the model, not
+on the number of inputs) is the file::
 
     import weightcodec
     stats = weightcodec.calibration_statistics(model, batches, full=True)  # a few hundred unlabeled inputs
