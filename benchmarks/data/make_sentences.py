@@ -1,12 +1,13 @@
-"""Write benchmarks/data/sentences.txt and calibration.txt: real English sentences from CPython's standard-library docstrings.
+"""Write benchmarks/data/sentences.txt and calibration.txt: real English sentences from CPython's docstrings.
 
-Run once with CPython 3.11.7 (the file is committed; the benchmark only reads it). Every
+Run once with CPython 3.11.7 (the files are committed; the benchmark only reads them). Every
 docstring of every module, class and function of the standard library (tests, IDLE, tkinter,
 lib2to3 and the like left out) is split into sentences; a sentence is kept if it is prose: 50 to
 160 characters, at least 8 words, capitalised, ending in a full stop, with no code characters.
-Two per module (the first two by sha256, so the pick is fixed), shuffled with seed 0, the
-first 320 kept in ``sentences.txt`` (the test set) and the rest (198 with CPython 3.11.7) in ``calibration.txt`` (the
-calibration inputs of the benchmark's calibrated rows: no sentence of the test set is among them). The docstrings are (c) the Python Software Foundation, PSF License v2.
+Two per module (the first two by sha256, so the pick is fixed), shuffled with seed 0: the first
+320 go to ``sentences.txt`` (the test set), the rest (198 with CPython 3.11.7) to
+``calibration.txt`` (the inputs of the benchmark's calibrated rows, none of them in the test
+set). The docstrings are (c) the Python Software Foundation, PSF License v2.
 """
 
 import ast
