@@ -178,6 +178,17 @@ def test_calibration_statistics_shapes_and_values():
         weightcodec.calibration_statistics(model, [])
 
 
+def test_calibration_batches_may_be_any_mapping():
+    from collections import UserDict  # what a tokenizer returns (BatchEncoding) is a mapping, not a dict
+
+    torch.manual_seed(0)
+    model = TinyLM()
+    batches = [torch.randint(0, 10, (4, 7)) for _ in range(3)]
+    as_dicts = weightcodec.calibration_statistics(model, [{"tokens": b} for b in batches])
+    as_mappings = weightcodec.calibration_statistics(model, [UserDict(tokens=b) for b in batches])
+    assert all(np.array_equal(as_dicts[n], as_mappings[n]) for n in as_dicts) and len(as_dicts) == 3
+
+
 def test_calibrated_allocation_lowers_the_weighted_error(tmp_path):
     torch.manual_seed(0)
     model = TinyLM()
