@@ -143,6 +143,22 @@ def rule_summary(recipe_json: str) -> str:
     )
 
 
+def summary(rows: dict) -> list[str]:
+    """How far distillation moves the recipe, and where it lands against encode_to_size at the same bytes."""
+    names = ("no hook", "distilled", "encode_to_size", "encode_to_size calibrated")
+    if not all(name in rows for name in names):
+        return []
+    plain, distilled, free, calibrated = (rows[name] for name in names)
+
+    def figures(row: dict) -> str:
+        return f"{row['mean_cos']:.3f} / {row['min_cos']:.3f} / {row['nn_agreement']:.3f}"
+
+    return ["", f"Mean cosine / worst cosine / NN agreement: distillation moves the recipe from {figures(plain)} to "
+            f"{figures(distilled)}, in {distilled['cpu_seconds'] / plain['cpu_seconds']:.0f}x its CPU time. At the same "
+            f"bytes, the data-free encode_to_size gives {figures(free)} and its calibrated mode {figures(calibrated)}, "
+            f"in {calibrated['cpu_seconds']:.0f} CPU s."]
+
+
 def markdown(report: dict) -> str:
     rows, training = report["rows"], report["training"]
     rates = ", ".join(f"{rate:g} after {stage}" for stage, rate in training["learning_rate"].items())
@@ -171,10 +187,12 @@ def markdown(report: dict) -> str:
     for name, row in rows.items():
         lines.append(f"| {name} | {row['bytes']:,} | {row['ratio']:.2f}x | {row['mean_cos']:.5f} | {row['min_cos']:.5f} "
                      f"| {row['nn_agreement']:.3f} | {row['seconds']:.0f} ({row['cpu_seconds']:.0f}) |")
+    lines += summary(rows)
     if training["log"]:
         lines += ["", "Distillation loss (the hook's log; each step's loss is on its own batch): " + "; ".join(training["log"]) + "."]
     lines += ["", "Seconds: wall-clock and CPU seconds of the benchmark process on a shared machine (load averages "
-              "in the JSON), one torch thread. The data-free curve from 4x to 12x: [real-model.md](real-model.md).", ""]
+              "in the JSON), one torch thread; a row kept by `--reuse` has the seconds of the run that wrote its file. "
+              "The data-free curve from 4x to 12x: [real-model.md](real-model.md).", ""]
     return "\n".join(lines)
 
 
