@@ -446,14 +446,16 @@ def _auto_search(trace: dict) -> list[str]:
         for level in prune["levels"]
     ]
     lines += ["", "K tried per weight (smallest first; the first within the layer's allowance is kept):", "",
-              "| weight | allowance | K: valid error | filters smaller than deep | filters tried |", "|---|---:|---|---:|---|"]  # fmt: skip
+              "| weight | valid error before | allowance | K: valid error | filters smaller than deep | filters tried |",
+              "|---|---:|---:|---|---:|---|"]  # fmt: skip
     for name, layer in trace["layers"].items():
         tried = ", ".join(f"{2 ** t['bits']}: {t['valid_error']:.2f}" for t in layer["clusters"]["tried"])
         filters = ", ".join(
             f"{t['filter']} t={t['t']}: {t['bytes']} B, {t['valid_error']:.2f}" for t in layer["encoding"]["filter_trials"]
         )
+        before = layer["clusters"].get("valid_error_before")
         lines.append(
-            f"| {name} | {layer['clusters']['allowance']:.2f} | {tried} | "
+            f"| {name} | {'-' if before is None else f'{before:.2f}'} | {layer['clusters']['allowance']:.2f} | {tried} | "
             f"{len(layer['encoding']['filters_smaller_than_deep'])} | {filters or '-'} |"
         )
     return lines + [""]
@@ -468,7 +470,7 @@ def _auto_limits(result: dict) -> list[str]:
     levels = prune["levels"]
     if prune["kept_level"] + 1 < len(levels):
         stop = (f"level {prune['kept_level'] + 1} reached {levels[prune['kept_level'] + 1]['valid_error']:.2f} on validation, "
-                f"over the pruning allowance {prune['allowance']:.2f}")  # fmt: skip
+                f"over the pruning allowance {prune['allowance']:.3f}")  # fmt: skip
     elif len(levels) < len(result["settings"]["levels"]):
         stop = f"level {prune['kept_level']} was over the allowance {prune['allowance']:.2f} already"
     else:
@@ -493,6 +495,16 @@ def _auto_limits(result: dict) -> list[str]:
             "What would move it: longer pruning levels (more epochs of DNS and of retraining after each cut, "
             "as the time of the run allows), a first level nearer the baseline so that the search can stop "
             "before the budget is spent, and milder sparsity on the small layers, which cost few bytes.",
+            "",
+        ]
+    elif result["ratio"] < AUTO_TARGETS.get(result.get("model"), (0.0,))[0]:
+        steps = ", ".join(f"{name} K={2 ** layer['clusters']['bits']} {layer['valid_error'] - layer['clusters']['valid_error_before']:+.2f}"
+                          for name, layer in result["search"]["layers"].items())  # fmt: skip
+        lines += [
+            f"The pruning left {pruned:.2f} on validation, within the budget {budget:.2f}, but the file misses its ratio "
+            f"target: each weight's step (in network order; K kept, validation error it added) {steps}. The first "
+            "steps spend the slack, so the large weights keep a large K. What would move it: more fine-tuning after "
+            "each clustering, and a share of the slack that follows each weight's bytes.",
             "",
         ]
     return lines
