@@ -19,7 +19,7 @@ import torch
 
 import weightcodec
 from weightcodec import cli, container, tensors
-from weightcodec.codecs import Encoded, ans, deep, weightless
+from weightcodec.codecs import Encoded, ans, deep, uniform, weightless
 from weightcodec.errors import CorruptFileError, MemoryBudgetError
 
 SRC = str(Path(weightcodec.__file__).resolve().parents[1])
@@ -64,6 +64,7 @@ def measured_files(tmp_path_factory):
     codes = np.unpackbits(bits)  # MSB first, as the Huffman payload is read
     codebook = np.float32([-0.5, 2.0]).tobytes()
     expected_sum = float(np.sum(np.where(codes == 1, 2.0, -0.5)))
+    steps_of_half = (rng.integers(-3, 4, n) * 0.5).astype(np.float32)  # levels -3..3 at step 0.5
     files = {
         "deep-huffman": deep_record("w", (n,), n, codebook=codebook, codes=b"\x01\x02\x00\x01" + bits.tobytes()),
         # the count model of two equiprobable symbols, as ans_encode(codes, model="counts") writes it
@@ -75,10 +76,12 @@ def measured_files(tmp_path_factory):
             "w", "float32", (n,), weightless.encode(np.eye(1, n, dtype=np.float32)[0], t=8, filter="ribbon")
         ),
         "raw": tensors.encode_tensor("w", torch.ones(n)),
+        "uniform": container.TensorRecord("w", "float32", (n,), uniform.encode(steps_of_half, step=0.5)),
     }
     # weightless: the one stored 1.0, and about one zero in 2**t = 256 decoding to it
     sums = {"deep-huffman": expected_sum, "deep-ans": expected_sum, "deep-huffman-one-symbol": float(n),
-            "deep-ans-one-symbol": float(n), "weightless": 1 + (n - 1) / 256, "raw": float(n)}
+            "deep-ans-one-symbol": float(n), "weightless": 1 + (n - 1) / 256, "raw": float(n),
+            "uniform": float(steps_of_half.sum(dtype=np.float64))}
     paths = {name: str(write(folder / f"{name}.wcz", [rec])) for name, rec in files.items()}
     small = {name: str(write(folder / f"{name}-small.wcz", [_small(rec)])) for name, rec in files.items()}
     return paths, small, sums
@@ -93,6 +96,8 @@ def _small(record):
         return tensors.encode_tensor("w", torch.ones(8))
     if record.encoded.codec == "deep":
         return container.TensorRecord("w", "float32", (64,), deep.encode(array, entropy=meta["entropy"], index_bits=2))
+    if record.encoded.codec == "uniform":
+        return container.TensorRecord("w", "float32", (64,), uniform.encode(array, step=0.5))
     return container.TensorRecord("w", "float32", (64,), weightless.encode(array, t=8, filter=meta["filter"]))
 
 
@@ -160,7 +165,7 @@ def measured(measured_files):
 
 
 @pytest.mark.parametrize(
-    "name", ["deep-huffman", "deep-ans", "deep-huffman-one-symbol", "deep-ans-one-symbol", "weightless", "raw"]
+    "name", ["deep-huffman", "deep-ans", "deep-huffman-one-symbol", "deep-ans-one-symbol", "weightless", "raw", "uniform"]
 )
 def test_decoding_a_tensor_costs_at_most_twice_its_output(measured, measured_files, name):
     result = measured[name]

@@ -32,6 +32,26 @@ def test_cabac_roundtrip_is_exact(shape, kind, seed):
     np.testing.assert_array_equal(cabac.cabac_decode(data, *shape), levels)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.tuples(st.integers(1, 30), st.integers(1, 30)),
+    st.sampled_from(["zero", "sparse", "dense", "wide"]),
+    st.sampled_from(["tensor", "row", "column"]),
+    st.integers(0, 2**32 - 1),
+)
+def test_cabac_scaled_decode_is_numpys_level_times_step(shape, kind, scale, seed):
+    """Decoding straight into weights gives, bit for bit, float32(level) * step as NumPy computes it."""
+    levels = levels_of(shape, kind, seed)
+    rng = np.random.default_rng(seed)
+    steps = rng.uniform(1e-4, 2.0, {"tensor": (1, 1), "row": (shape[0], 1), "column": (1, shape[1])}[scale])
+    steps = steps.astype(np.float32)
+    data = cabac.cabac_encode(levels)
+    decoded = cabac.cabac_decode(data, *shape, steps)
+    expected = levels.astype(np.float32) * steps
+    assert decoded.dtype == np.float32 and cabac.cabac_decode(data, *shape).dtype == np.int32
+    np.testing.assert_array_equal(decoded.view(np.uint32), expected.view(np.uint32))
+
+
 def test_cabac_extreme_levels_and_1x1():
     levels = np.array([[cabac.MAX_LEVEL, -cabac.MAX_LEVEL, 0, 1, -1]])
     np.testing.assert_array_equal(cabac.cabac_decode(cabac.cabac_encode(levels), 1, 5), levels)

@@ -113,8 +113,20 @@ def cabac_encode(levels: np.ndarray) -> bytes:
     return out[:used].tobytes()
 
 
-def cabac_decode(data: bytes, rows: int, cols: int) -> np.ndarray:
-    """Inverse of :func:`cabac_encode`: the ``rows x cols`` int64 levels.
+def cabac_decode(data: bytes, rows: int, cols: int, steps: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of :func:`cabac_encode`: the ``rows x cols`` levels, or the weights they stand for.
+
+    Parameters
+    ----------
+    data : bytes
+        From :func:`cabac_encode`.
+    rows, cols : int
+        The matrix shape.
+    steps : ndarray of float32, shape (1, 1), (rows, 1) or (1, cols), optional
+        Without it the levels come back as int32 (``MAX_LEVEL < 2**31``); with it, as float32
+        ``float32(level) * step`` (what NumPy's ``levels.astype(np.float32) * steps`` gives),
+        written as they are decoded, so a decoder holds nothing of the tensor's size but its
+        output.
 
     Raises
     ------
@@ -122,24 +134,28 @@ def cabac_decode(data: bytes, rows: int, cols: int) -> np.ndarray:
         If the stream does not start with a zero byte, ends before ``rows * cols`` levels are
         decoded, holds a level above :data:`MAX_LEVEL`, or has bytes left over after them.
     """
+    scaled = steps is not None
+    out = np.empty((rows, cols), dtype=np.float32 if scaled else np.int32)
     if rows * cols == 0:
         if len(data):
             raise CorruptFileError(f"level stream of an empty tensor holds {len(data)} bytes; expected 0")
-        return np.zeros((rows, cols), dtype=np.int64)
+        return out
     if len(data) < FLUSH_BYTES:
         raise CorruptFileError(f"level stream is {len(data)} bytes; a non-empty one has at least {FLUSH_BYTES}")
     if data[0] != 0:
         raise CorruptFileError(f"level stream starts with byte {data[0]}; the coder's first byte is always 0")
     buffer = np.frombuffer(data, dtype=np.uint8)
-    levels = np.empty((rows, cols), dtype=np.int64)
-    status, consumed = _decode(buffer, levels)
+    if scaled:
+        status, consumed = _decode(buffer, np.empty((0, 0), np.int32), out, np.ascontiguousarray(steps, np.float32))
+    else:
+        status, consumed = _decode(buffer, out, np.empty((0, 0), np.float32), np.ones((1, 1), np.float32))
     if status == _TRUNCATED:
         raise CorruptFileError(f"level stream of {len(data)} bytes ends before its {rows * cols} levels")
     if status == _BAD_LEVEL:
         raise CorruptFileError(f"level stream holds a level above {MAX_LEVEL}")
     if consumed != len(data):
         raise CorruptFileError(f"level stream has {len(data) - consumed} bytes after its {rows * cols} levels")
-    return levels
+    return out
 
 
 # ----------------------------------------------------------------------------- contexts
@@ -267,10 +283,11 @@ def _enc_bit(st, out, fast, slow, ctx, bit):
 
 
 @numba.njit(cache=True)
-def _decode(data, levels):
-    """Decode into ``levels`` (preallocated); returns (status, bytes consumed).
+def _decode(data, levels, values, steps):
+    """Decode into ``levels`` (int32), or, if ``levels`` is empty, into ``values`` scaled by ``steps``.
 
-    State ``st``: code, range, input position, truncated flag.
+    Returns (status, bytes consumed). State ``st``: code, range, input position, truncated flag.
+    Column sums are read from the second row on only, so a one-row matrix keeps none.
     """
     fast = np.full(NUM_CONTEXTS, PROB_ONE // 2, dtype=np.int64)
     slow = np.full(NUM_CONTEXTS, PROB_ONE // 2, dtype=np.int64)
@@ -278,14 +295,17 @@ def _decode(data, levels):
     st[1] = 0xFFFFFFFF
     for _ in range(FLUSH_BYTES):
         st[0] = ((st[0] << 8) | _next_byte(st, data)) & 0xFFFFFFFF
-    rows, cols = levels.shape
-    col_sums = np.zeros(cols, dtype=np.float64)
+    scaled = levels.size == 0
+    rows, cols = values.shape if scaled else levels.shape
+    by_row, by_col = steps.shape[0] > 1, steps.shape[1] > 1
+    col_sums = np.zeros(cols if rows > 1 else 0, dtype=np.float64)
     total_sum, total_count = 0.0, 0
     for r in range(rows):
         row_sum = 0.0
         for c in range(cols):
-            q = _class(row_sum, c, col_sums[c], r, total_sum, total_count)
+            q = _class(row_sum, c, col_sums[c] if r else 0.0, r, total_sum, total_count)
             m = 0
+            negative = 0
             if _dec_bit(st, data, fast, slow, SIG_BASE + q):
                 negative = _dec_bit(st, data, fast, slow, SIGN_CTX)
                 e = 1
@@ -298,15 +318,16 @@ def _decode(data, levels):
                     m = 2 | _dec_bit(st, data, fast, slow, MANTISSA_BASE + e)
                 for _ in range(e - 2):
                     m = (m << 1) | _dec_prob(st, data, PROB_ONE // 2)
-                m = -m if negative else m
-                levels[r, c] = m
-                m = abs(m)
-            else:
-                levels[r, c] = 0
             if st[3]:
                 return _TRUNCATED, st[2]
+            level = -m if negative else m
+            if scaled:
+                values[r, c] = np.float32(level) * steps[r if by_row else 0, c if by_col else 0]
+            else:
+                levels[r, c] = level
             row_sum += m
-            col_sums[c] += m
+            if r + 1 < rows:
+                col_sums[c] += m
             total_sum += m
             total_count += 1
     return _OK, st[2]

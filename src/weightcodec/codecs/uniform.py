@@ -199,9 +199,8 @@ def decode(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...])
         that is not positive and finite, or a level stream that does not decode to exactly the
         tensor's levels.
     """
-    steps, levels = _read(meta, sections, shape)
-    values = levels.astype(np.float32) * steps
-    return values.astype(np.float32).reshape(shape)
+    _, values = _read(meta, sections, shape, scaled=True)
+    return values.reshape(shape)
 
 
 def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) -> dict:
@@ -343,8 +342,13 @@ def _check_steps(step, rows: int, cols: int) -> np.ndarray:
     return stored
 
 
-def _read(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Validated step matrix (float32, see :func:`step_matrix`) and levels (rows x cols) of a stored tensor."""
+def _read(
+    meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...], *, scaled: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validated step matrix (float32, see :func:`step_matrix`) and levels (rows x cols) of a stored tensor.
+
+    With ``scaled`` the levels come back multiplied by their steps (the decoded weights).
+    """
     if sorted(sections) != sorted(SECTIONS):
         raise CorruptFileError(f"uniform tensor has sections {sorted(sections)}; expected {list(SECTIONS)}")
     if meta.get("scale") not in SCALES:
@@ -362,4 +366,4 @@ def _read(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) 
     steps = np.frombuffer(data, dtype=STEP_DTYPE).astype(np.float32).reshape(shapes[meta["scale"]])
     if not (np.isfinite(steps).all() and (steps > 0).all()):
         raise CorruptFileError("uniform steps must be positive and finite")
-    return steps, cabac_decode(bytes(sections["levels"]), rows, cols)
+    return steps, cabac_decode(bytes(sections["levels"]), rows, cols, steps if scaled else None)
