@@ -498,8 +498,9 @@ def _auto_limits(result: dict) -> list[str]:
             "",
         ]
     elif result["ratio"] < AUTO_TARGETS.get(result.get("model"), (0.0,))[0]:
-        steps = ", ".join(f"{name} K={2 ** layer['clusters']['bits']} {layer['valid_error'] - layer['clusters']['valid_error_before']:+.2f}"
-                          for name, layer in result["search"]["layers"].items())  # fmt: skip
+        layers = result["search"]["layers"].items()
+        steps = ", ".join(f"{name} K={2 ** layer['clusters']['bits']} "
+                          f"{layer['valid_error'] - layer['clusters']['valid_error_before']:+.2f}" for name, layer in layers)  # fmt: skip
         lines += [
             f"The pruning left {pruned:.2f} on validation, within the budget {budget:.2f}, but the file misses its ratio "
             f"target: each weight's step (in network order; K kept, validation error it added) {steps}. The first "
