@@ -38,7 +38,7 @@ import _common
 import torch
 
 from weightcodec import container
-from weightcodec.pipelines.report import AUTO_TARGETS
+from weightcodec.pipelines.report_auto import AUTO_TARGETS
 from weightcodec.tensors import encode_tensor
 from weightcodec.pipelines.settings import ERROR_MARGIN
 

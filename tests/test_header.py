@@ -44,9 +44,14 @@ def test_a_1_0_file_rewritten_is_2_0_with_the_same_records():
 
 @pytest.mark.parametrize("name", ["lenet5-deep", "lenet5-weightless", "lenet300-deep", "lenet300-weightless"])
 def test_the_committed_lenet_files_rewritten_have_headers_of_at_most_300_bytes(name):
-    old = container.read(RESULTS / f"reproduce-{name}.wcz")
+    data = (RESULTS / f"reproduce-{name}.wcz").read_bytes()
+    old = container.from_bytes(data)
     new = container.from_bytes(container.to_bytes(old.records, old.metadata))
-    assert old.header_bytes > 1100 and new.header_bytes <= 300
+    assert new.header_bytes <= 300
+    if struct.unpack_from("<HH", data, 8) == (1, 0):
+        assert old.header_bytes > 1100  # committed at 1.0: the rewrite shrinks its header
+    else:
+        assert old.header_bytes == new.header_bytes  # re-run since 2.0: already compact
     assert new.file_bytes == old.file_bytes - old.header_bytes + new.header_bytes
     old_arrays, new_arrays = old.arrays(), new.arrays()
     assert all(np.array_equal(old_arrays[k], new_arrays[k]) for k in old_arrays)

@@ -1,9 +1,7 @@
 """What a user of a real checkpoint expects: dtypes kept, integer buffers exact, tied weights stored once,
 and a decoded ``model.safetensors`` that ``transformers`` loads."""
 
-import importlib.util
 import json
-import os
 import shutil
 
 import pytest
@@ -97,18 +95,7 @@ def test_a_file_with_an_alias_names_it_in_inspect(tmp_path):
     assert rows["head.weight"]["describe"]["target"] == "embed.weight"
 
 
-def _transformers_or_skip():
-    if importlib.util.find_spec("transformers") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("transformers is not installed; CI installs it with the [test] extra")
-        pytest.skip("transformers is not installed (pip install 'weightcodec[test]')")
-    import transformers
-
-    return transformers
-
-
-def test_decoded_safetensors_loads_with_transformers_from_pretrained(tmp_path):
-    transformers = _transformers_or_skip()
+def test_decoded_safetensors_loads_with_transformers_from_pretrained(tmp_path, transformers):
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

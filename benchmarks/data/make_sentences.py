@@ -1,11 +1,13 @@
-"""Write benchmarks/data/sentences.txt: real English sentences from CPython's standard-library docstrings.
+"""Write benchmarks/data/sentences.txt and calibration.txt: real English sentences from CPython's docstrings.
 
-Run once with CPython 3.11.7 (the file is committed; the benchmark only reads it). Every
+Run once with CPython 3.11.7 (the files are committed; the benchmark only reads them). Every
 docstring of every module, class and function of the standard library (tests, IDLE, tkinter,
 lib2to3 and the like left out) is split into sentences; a sentence is kept if it is prose: 50 to
 160 characters, at least 8 words, capitalised, ending in a full stop, with no code characters.
-Two per module (the first two by sha256, so the pick is fixed), shuffled with seed 0, the
-first 320 kept. The docstrings are (c) the Python Software Foundation, PSF License v2.
+Two per module (the first two by sha256, so the pick is fixed), shuffled with seed 0: the first
+320 go to ``sentences.txt`` (the test set), the rest (198 with CPython 3.11.7) to
+``calibration.txt`` (the inputs of the benchmark's calibrated rows, none of them in the test
+set). The docstrings are (c) the Python Software Foundation, PSF License v2.
 """
 
 import ast
@@ -23,7 +25,7 @@ KEEP = 320
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 CODE_LIKE = re.compile(r"[\[\]{}()<>=_`*#|\\@$%^~/:;\"]|\.\.\.|\bself\b|\bNone\b|\bTrue\b|\bFalse\b|e\.g|i\.e|etc\.|\d\.\d")
 HEADER = """\
-# Real English sentences for benchmarks/bench_real_model.py, one per line ('#' lines are comments).
+# Real English sentences for benchmarks/bench_real_model.py{purpose}, one per line ('#' lines are comments).
 # Source: docstrings of the CPython {version} standard library, (c) Python Software Foundation,
 # PSF License v2; picked by benchmarks/data/make_sentences.py (its docstring says how).
 """
@@ -61,8 +63,11 @@ def main() -> None:
                 seen.add(sentence.lower())
                 picked.append(sentence)
     random.Random(0).shuffle(picked)
-    text = HEADER.format(version=sys.version.split()[0]) + "\n".join(picked[:KEEP]) + "\n"
-    (Path(__file__).parent / "sentences.txt").write_text(text, encoding="utf-8")
+    files = {"sentences.txt": ("", picked[:KEEP]),
+             "calibration.txt": (" (calibration inputs, none in sentences.txt)", picked[KEEP:])}
+    for name, (purpose, sentences) in files.items():
+        text = HEADER.format(purpose=purpose, version=sys.version.split()[0]) + "\n".join(sentences) + "\n"
+        (Path(__file__).parent / name).write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

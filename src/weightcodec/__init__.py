@@ -13,6 +13,7 @@
 __version__ = "0.1.0"
 
 from .allocate import encode_to_size, parse_size  # noqa: E402
+from .calibration_file import load_calibration, save_calibration  # noqa: E402
 from .exact import encode_exact  # noqa: E402
 from .api import apply_recipe, compress, load, load_bytes, load_into  # noqa: E402
 from .errors import CorruptFileError, DataError, EncodeError, FormatError, WeightcodecError  # noqa: E402
@@ -26,6 +27,8 @@ __all__ = [
     "encode_to_size",
     "encode_exact",
     "calibration_statistics",
+    "save_calibration",
+    "load_calibration",
     "parse_size",
     "apply_recipe",
     "load",

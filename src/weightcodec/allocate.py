@@ -246,10 +246,12 @@ def _column_or_row_scales(arrays: Mapping[str, np.ndarray | None], calibration: 
         rows, cols = uniform.matrix_shape(values.shape)
         if h.shape == (cols, cols) and cols > 1 and np.isfinite(h).all():
             hessians[name], h = h, np.diag(h).reshape(1, cols).copy()
-        if h.shape not in ((1, cols), (rows, 1)) or not np.isfinite(h).all() or (h < 0).any() or not h.any():
-            problems.append(
-                f"{name!r}: importance of shape {h.shape}, expected non-negative (1, {cols}), ({rows}, 1) or ({cols}, {cols})"
-            )
+        if h.shape not in ((1, cols), (rows, 1)):
+            problems.append(f"{name!r}: importance of shape {h.shape}, expected (1, {cols}), ({rows}, 1) or ({cols}, {cols})")
+            continue
+        if not np.isfinite(h).all() or (h < 0).any() or not h.any():
+            problems.append(f"{name!r}: importances must be finite, non-negative and not all zero "
+                            f"(got values from {h.min():g} to {h.max():g})")
             continue
         floored = h + CALIBRATION_FLOOR * h.mean()
         scales[name] = floored / floored.mean()

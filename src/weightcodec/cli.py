@@ -9,6 +9,7 @@ stderr), 2 bad arguments, 3 an internal error (a bug: rerun with ``--debug`` for
 
     weightcodec encode model.pt -o model.wcz --codec deep --clusters 16 --sparsity 0.8
     weightcodec encode model.safetensors -o model.wcz --size 10MB      (or --ratio 8)
+    weightcodec encode model.safetensors -o model.wcz --size 10MB --calibrate calibration.safetensors
     weightcodec decode model.wcz -o restored.safetensors
     weightcodec decode model.wcz --onnx model.onnx -o compressed.onnx
     weightcodec inspect model.wcz [--json] [--plot bytes.png]
@@ -33,6 +34,7 @@ import torch
 
 from . import __version__, api, container, distributed, report, tensors
 from .allocate import encode_to_size, parse_size
+from .calibration_file import load_calibration
 from .codecs import deep, weightless
 from .errors import WeightcodecError
 from .pipelines.auto_model import compress_to_error
@@ -136,6 +138,10 @@ def _add_encode(commands, common) -> None:
     p.add_argument("--size", type=_size, help="byte budget for the whole file (10MB, 10M, 10485760, 9.5MiB): "
                    "each tensor's quantizer and step are chosen for the least weight error that fits")
     p.add_argument("--ratio", type=float, help="like --size, as the input's bytes divided by RATIO")
+    p.add_argument("--calibrate", type=Path, metavar="FILE",
+                   help="with --size/--ratio: weight each layer's error by its inputs' statistics, from FILE "
+                   "(.safetensors written by weightcodec.save_calibration(weightcodec.calibration_statistics(model, "
+                   "inputs), FILE); see docs/allocation.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of random choices (default 0)")
     _add_jobs(p, "encode")
     p.set_defaults(run=_run_encode)
@@ -267,6 +273,8 @@ def _run_encode(args: argparse.Namespace) -> None:
     if args.size is not None or args.ratio is not None:
         _run_encode_to_size(args, given + (["--recipe"] if args.recipe else []))
         return
+    if args.calibrate is not None:
+        raise WeightcodecError("--calibrate weights the errors of a rate allocation: give it with --size BYTES or --ratio R")
     if args.recipe is not None and given:
         raise WeightcodecError(f"give either --recipe or --codec with its options, not both (got --recipe and {', '.join(given)})")
     if args.recipe is None and args.codec is None:
@@ -316,8 +324,10 @@ def _run_encode_to_size(args: argparse.Namespace, given: list[str]) -> None:
         raise WeightcodecError(f"--size / --ratio choose the codecs themselves; drop {', '.join(given)}")
     if args.size is not None and args.ratio is not None:
         raise WeightcodecError("give either --size or --ratio, not both")
+    calibration = load_calibration(args.calibrate) if args.calibrate is not None else None
     state = tensors.load_state_dict(args.input)
-    result = encode_to_size(state, args.output, size=args.size, ratio=args.ratio, seed=args.seed, progress=not args.quiet)
+    result = encode_to_size(state, args.output, size=args.size, ratio=args.ratio, calibration=calibration, seed=args.seed,
+                            progress=not args.quiet)
     _say(f"wrote {args.output}: {result['file_bytes']} bytes (budget {result['budget']}), "
          f"relative weight error {result['relative_error']:.4f}, {result['seconds']:.1f} s")
 

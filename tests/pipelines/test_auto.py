@@ -8,7 +8,7 @@ import torch
 
 from weightcodec import container
 from weightcodec.errors import WeightcodecError
-from weightcodec.pipelines import auto, report, reproduce, settings, steps
+from weightcodec.pipelines import auto, report_auto, reproduce, settings, steps
 from weightcodec.pipelines.data import Mnist
 from weightcodec.pipelines.models import build_model
 from weightcodec.pipelines.training import ArrayLoader, TrainConfig, evaluate, train
@@ -139,12 +139,16 @@ def test_auto_markdown_from_results(toy_search, tmp_path):
                     {"name": "fc1.bias", "codec": "raw", "bytes": 600, "dtype": "float16", "meta": {"dtype": "<f2"}}],
     }  # fmt: skip
     (tmp_path / "reproduce-lenet300-auto.json").write_text(json.dumps(result))
-    text = report.write_auto_markdown(tmp_path).read_text()
+    text = report_auto.write_auto_markdown(tmp_path).read_text()
     assert "| lenet300 | 9000 B | 118.5x | 1.50 | 1.45 |" in text
     assert "| fc1.weight | 98.6 % | 4 | deep (ans) | 7000 |" in text and "| fc1.bias | - | - | raw float16 | 600 |" in text
     assert "What limits it: header and framing 1400 B, weights 7000 B, other tensors 600 B (of 9000 B)" in text
+    assert "misses its ratio target" not in text and "| weight | valid error before | allowance |" in text
+    within = {**result, "ratio": 99.0, "search": {**toy_search[2], "pruned_valid_error": 0.0}}  # pruned within, under 100x
+    (tmp_path / "reproduce-lenet300-auto.json").write_text(json.dumps(within))
+    assert "but the file misses its ratio target: each weight's step" in report_auto.write_auto_markdown(tmp_path).read_text()
     with pytest.raises(WeightcodecError, match="no reproduce-<model>-auto.json"):
-        report.write_auto_markdown(tmp_path / "nothing")
+        report_auto.write_auto_markdown(tmp_path / "nothing")
 
 
 @pytest.mark.slow

@@ -39,6 +39,8 @@ __all__ = [
     "minilm_dir",
     "fetch_minilm",
     "load_minilm",
+    "tokenize",
+    "mean_pool",
     "sentence_embeddings",
 ]
 
@@ -150,15 +152,46 @@ def sentence_embeddings(model, tokenizer, sentences: Sequence[str], *, batch_siz
     """
     rows = []
     for start in range(0, len(sentences), batch_size):
-        batch = tokenizer(
-            list(sentences[start : start + batch_size]),
-            padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt",
-        )  # fmt: skip
-        hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-        rows.append(torch.nn.functional.normalize(mean.float(), dim=1))
+        batch = tokenize(tokenizer, sentences[start : start + batch_size])
+        rows.append(mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]))
     return torch.cat(rows)
+
+
+def tokenize(tokenizer, sentences: Sequence[str]):
+    """One padded batch of token ids as all-MiniLM-L6-v2 reads it (at most :data:`MAX_TOKENS` tokens).
+
+    Returns
+    -------
+    transformers.BatchEncoding
+        ``input_ids``, ``attention_mask`` (1 on real tokens, 0 on padding) and
+        ``token_type_ids``, each an int64 tensor ``(len(sentences), longest)``.
+    """
+    return tokenizer(list(sentences), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The sentence embeddings of a batch: the mean of its hidden states over the real tokens, L2-normalised.
+
+    Parameters
+    ----------
+    hidden : torch.Tensor
+        ``(batch, tokens, hidden_size)`` last hidden states.
+    attention_mask : torch.Tensor
+        ``(batch, tokens)``, 1 on real tokens and 0 on padding.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``(batch, hidden_size)``, rows of unit length.
+
+    Examples
+    --------
+    >>> mean_pool(torch.tensor([[[2.0, 0.0], [4.0, 0.0], [9.0, 9.0]]]), torch.tensor([[1, 1, 0]])).tolist()
+    [[1.0, 0.0]]
+    """
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    return torch.nn.functional.normalize(mean.float(), dim=1)
 
 
 def _verified(path: Path, digest: str) -> bool:

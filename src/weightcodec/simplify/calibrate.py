@@ -18,6 +18,7 @@ per row (Embedding).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Iterable
 
 import numpy as np
@@ -37,8 +38,8 @@ def calibration_statistics(model: nn.Module, inputs: Iterable[Any], *, full: boo
     model : torch.nn.Module
         Run in eval mode under ``torch.no_grad``; not modified.
     inputs : iterable
-        Batches: a dict is passed as ``model(**batch)``, a tuple or list as ``model(*batch)``,
-        anything else as ``model(batch)``.
+        Batches: a mapping (a dict, a tokenizer's ``BatchEncoding``) is passed as
+        ``model(**batch)``, a tuple or list as ``model(*batch)``, anything else as ``model(batch)``.
     full : bool
         For a Linear, return the whole ``E[x x^T]`` (in_features x in_features) instead of its
         diagonal: :func:`weightcodec.encode_to_size` then also compensates rounding errors
@@ -110,7 +111,7 @@ def _add(sums: dict, counts: dict, name: str, total: np.ndarray, count: int) -> 
 
 
 def _call(model: nn.Module, batch: Any) -> None:
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         model(**batch)
     elif isinstance(batch, (tuple, list)):
         model(*batch)
