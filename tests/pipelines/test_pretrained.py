@@ -1,6 +1,4 @@
-import importlib.util
 import io
-import os
 import zipfile
 
 import pytest
@@ -65,13 +63,9 @@ def test_no_network_says_where_to_put_the_files(tmp_path, monkeypatch):
         pretrained.minilm_dir()
 
 
-def _tiny_bert(tmp_path):
-    if importlib.util.find_spec("transformers") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("transformers is not installed; CI installs it with the [test] extra")
-        pytest.skip("transformers is not installed")
-    import transformers
-
+@pytest.fixture
+def tiny_bert(tmp_path, transformers):
+    """A one-layer BERT and its tokenizer, built here (no download)."""
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "."]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = transformers.BertTokenizer(str(tmp_path / "vocab.txt"))
@@ -81,8 +75,8 @@ def _tiny_bert(tmp_path):
     return transformers.BertModel(config).eval(), tokenizer
 
 
-def test_sentence_embeddings_are_unit_vectors_whatever_the_padding(tmp_path):
-    model, tokenizer = _tiny_bert(tmp_path)
+def test_sentence_embeddings_are_unit_vectors_whatever_the_padding(tiny_bert):
+    model, tokenizer = tiny_bert
     sentences = ["the cat sat on the mat .", "a dog ran", "the dog sat on a cat on the mat ."]
     with torch.no_grad():
         together = pretrained.sentence_embeddings(model, tokenizer, sentences, batch_size=3)
