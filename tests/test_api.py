@@ -96,6 +96,16 @@ def fresh_like(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------- end to end
 
 
+def test_the_package_imports_its_names_and_submodules_on_first_use():
+    from weightcodec.pipelines import auto_model
+
+    assert weightcodec.load is api.load and weightcodec.compress_to_error is auto_model.compress_to_error
+    assert weightcodec.WeightcodecError is WeightcodecError and weightcodec.codecs.ribbon.W == 64
+    assert set(weightcodec.__all__) <= set(dir(weightcodec))
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        weightcodec.no_such_name  # noqa: B018
+
+
 def test_resnet_with_batchnorm_roundtrip_is_exact(tmp_path):
     model = trained_resnet()
     original = copy.deepcopy(model)

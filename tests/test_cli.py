@@ -1,8 +1,11 @@
 import json
+import os
 import re
 import shlex
 import shutil
 import struct
+import subprocess
+import sys
 import tomllib
 import warnings
 from pathlib import Path
@@ -11,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import weightcodec.cli
-from weightcodec import container
+import weightcodec
+import weightcodec.pipelines.reproduce
+from weightcodec import cli, container
 from weightcodec.codecs import weightless
 from weightcodec.cli import main
 from weightcodec.errors import FormatError
@@ -206,7 +210,7 @@ def test_reproduce_calls_the_pipeline(run, monkeypatch):
                 "file_bytes": 21903, "ratio": 48.66478050561285, "layers": [], "seconds": 95.4,
                 "json_path": "r.json", "wcz_path": "r.wcz"}
 
-    monkeypatch.setattr(weightcodec.cli, "reproduce", reproduce)
+    monkeypatch.setattr(weightcodec.pipelines.reproduce, "reproduce", reproduce)
     code, out, _ = run("reproduce", "lenet300", "--method", "deep", "--quick", "--seed", "3", "-q")
     assert code == 0 and calls == [("lenet300", "deep", True, 3, False, None, 1, Path("benchmarks/results"))]
     assert out.splitlines() == [
@@ -223,7 +227,7 @@ def test_reproduce_calls_the_pipeline(run, monkeypatch):
 def test_reproduce_threads_go_to_the_pipeline_one_by_default(run, monkeypatch):
     seen = []
     result = {"model": "lenet5", "method": "deep", "quick": False, "seconds": 1.0, "json_path": "r.json", "wcz_path": "r.wcz"}
-    monkeypatch.setattr(weightcodec.cli, "reproduce", lambda *a, threads, **k: seen.append(threads) or result)
+    monkeypatch.setattr(weightcodec.pipelines.reproduce, "reproduce", lambda *a, threads, **k: seen.append(threads) or result)
     assert run("reproduce", "lenet5", "--threads", "3", "-q")[0] == 0 and run("reproduce", "lenet5", "-q")[0] == 0
     assert seen == [3, 1]
     assert run("reproduce", "lenet5", "--threads", "0")[0] == 2
@@ -415,6 +419,91 @@ def test_internal_errors_say_so(run, monkeypatch, weights, tmp_path):
     code, _, err = run("encode", weights[0], "-o", tmp_path / "o.wcz", "--codec", "raw")
     assert code == 3
     assert_one_line_error(err, "internal error (ZeroDivisionError: oops); rerun with --debug and report it")
+
+
+# ----------------------------------------------------------------------------- the console script, in a subprocess
+
+SRC = str(Path(weightcodec.__file__).resolve().parents[1])
+CONSOLE = "import sys; from weightcodec.cli import console_main; sys.exit(console_main())"  # as pip's script does
+# decode through the command line, saying whether torch was imported when parsing was done and when decoding started
+SPY = """
+import sys
+from weightcodec import cli, decoding
+cli.build_parser().parse_args(sys.argv[1:])
+print("torch after parsing:", "torch" in sys.modules)
+start = decoding.start
+def spy(*args, **kwargs):
+    print("torch when decoding starts:", "torch" in sys.modules)
+    return start(*args, **kwargs)
+decoding.start = spy
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def python(*args) -> subprocess.CompletedProcess:
+    """``python ARGS`` on these sources, its stdout block-buffered into a pipe, as a script's output usually is."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env={**env, "PYTHONPATH": SRC})
+
+
+def test_the_console_script_writes_what_main_writes_and_exits_with_its_code(run, weights, tmp_path):
+    scripts = tomllib.loads((Path(SRC).parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"weightcodec": "weightcodec.cli:console_main"}
+    wcz = tmp_path / "m.wcz"
+    assert run("encode", weights[0], "-o", wcz, "--codec", "weightless", "--t", "10", "-q")[0] == 0
+    assert run("decode", wcz, "-o", tmp_path / "main.pt", "-q")[0] == 0
+    done = python("-c", CONSOLE, "decode", wcz, "-o", tmp_path / "console.pt", "-q")
+    # stdout is a pipe (block-buffered): the line is there only if it was flushed before os._exit
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"wrote {tmp_path / 'console.pt'}\n", "")
+    assert (tmp_path / "console.pt").read_bytes() == (tmp_path / "main.pt").read_bytes()
+    (tmp_path / "bad.wcz").write_bytes(b"nonsense")
+    done = python("-m", "weightcodec", "decode", tmp_path / "bad.wcz", "-o", tmp_path / "bad.pt")
+    assert done.returncode == 1 and done.stderr.startswith("weightcodec: error: ") and not (tmp_path / "bad.pt").exists()
+    assert python("-m", "weightcodec", "decode", wcz).returncode == 2  # no -o
+
+
+def test_the_console_script_flushes_runs_the_exit_callbacks_and_keeps_the_code():
+    script = """
+import atexit, sys
+from weightcodec import cli
+def run(args):
+    atexit.register(print, "exit callback ran", file=sys.stderr)
+    print("printed without a flush")
+    return 3
+cli._run = run
+sys.argv[1:] = ["inspect", "m.wcz"]
+cli.console_main()
+"""
+    done = python("-c", script)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "printed without a flush\n", "exit callback ran\n")
+
+
+def test_a_command_that_runs_user_code_exits_normally(tmp_path):
+    """A training hook may leave a file open: only the interpreter's teardown flushes and closes it."""
+    script = """
+import sys
+from weightcodec import cli
+def run(args):
+    global log  # reachable to the end, as a hook's module-level log file is
+    log = open(args.output, "w")
+    log.write("written by a hook")
+    return 0
+cli._run = run
+sys.argv[1:] = ["compress", "model.pt", "--recipe", "r.toml", "-o", sys.argv[1]]
+cli.console_main()
+"""
+    assert "compress" in cli.RUNS_USER_CODE
+    assert python("-c", script, tmp_path / "log.txt").returncode == 0
+    assert (tmp_path / "log.txt").read_text() == "written by a hook"
+
+
+def test_decode_starts_decoding_before_it_imports_torch(run, weights, tmp_path):
+    wcz = tmp_path / "m.wcz"
+    assert run("encode", weights[0], "-o", wcz, "--codec", "deep", "-q")[0] == 0
+    done = python("-c", SPY, "decode", wcz, "-o", tmp_path / "out.pt", "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:2] == ["torch after parsing: False", "torch when decoding starts: False"]
+    assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True)["fc1.weight"], weightcodec.load(wcz)["fc1.weight"])
 
 
 # ----------------------------------------------------------------------------- the README's tour

@@ -7,48 +7,60 @@
     weightcodec.load_into(model, "model.wcz")                 # and back
     weightcodec.encode_to_size(model.state_dict(), "model.wcz", size=10_000_000)  # a byte budget in
     weightcodec.compress_to_error(model, "recipe.toml", "model.wcz", target_error=2.0)  # an error budget in
+
+The public names below, and the submodules, are imported on first use: ``import weightcodec``
+alone imports neither torch nor numba, so ``weightcodec decode`` can start decoding before it
+imports torch (:mod:`weightcodec.cli`).
 """
+
+import importlib
 
 # Set before the submodules are imported: the files they write record it as their producer.
 __version__ = "0.1.0"
 
-from .allocate import encode_to_size, parse_size  # noqa: E402
-from .calibration_file import load_calibration, save_calibration  # noqa: E402
-from .exact import encode_exact  # noqa: E402
-from .api import apply_recipe, compress, load, load_bytes, load_into  # noqa: E402
-from .errors import CorruptFileError, DataError, EncodeError, FormatError, WeightcodecError  # noqa: E402
-from .recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
-from .simplify.calibrate import calibration_statistics  # noqa: E402
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "compress": "api",
+    "compress_to_error": "pipelines.auto_model",
+    "encode_to_size": "allocate",
+    "encode_exact": "exact",
+    "calibration_statistics": "simplify.calibrate",
+    "save_calibration": "calibration_file",
+    "load_calibration": "calibration_file",
+    "parse_size": "allocate",
+    "apply_recipe": "api",
+    "load": "api",
+    "load_bytes": "api",
+    "load_into": "api",
+    "Recipe": "recipe",
+    "load_recipe": "recipe",
+    "parse_recipe": "recipe",
+    "WeightcodecError": "errors",
+    "FormatError": "errors",
+    "CorruptFileError": "errors",
+    "EncodeError": "errors",
+    "DataError": "errors",
+}
 
-__all__ = [
-    "__version__",
-    "compress",
-    "compress_to_error",
-    "encode_to_size",
-    "encode_exact",
-    "calibration_statistics",
-    "save_calibration",
-    "load_calibration",
-    "parse_size",
-    "apply_recipe",
-    "load",
-    "load_bytes",
-    "load_into",
-    "Recipe",
-    "load_recipe",
-    "parse_recipe",
-    "WeightcodecError",
-    "FormatError",
-    "CorruptFileError",
-    "EncodeError",
-    "DataError",
-]
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
-    """``compress_to_error`` is imported on first use: it lives in :mod:`.pipelines`, above the API's layer."""
-    if name == "compress_to_error":
-        from .pipelines.auto_model import compress_to_error
+    """A public name or a submodule (``weightcodec.container``), imported on first use and kept."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    else:
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise  # the submodule exists; something it imports is missing
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
 
-        return compress_to_error
-    raise AttributeError(f"module 'weightcodec' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

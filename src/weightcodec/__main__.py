@@ -1,5 +1,5 @@
 """``python -m weightcodec``: the command line, also as ``torchrun -m weightcodec ...``."""
 
-from .cli import main
+from .cli import console_main
 
-raise SystemExit(main())
+console_main()

@@ -19,35 +19,32 @@ stderr), 2 bad arguments, 3 an internal error (a bug: rerun with ``--debug`` for
 
 ``reproduce`` and ``compress`` join the torchrun job they are started in
 (:func:`weightcodec.distributed.launch`); only rank 0 prints and writes.
+
+Each command imports what it uses when it runs, and each sub-command's options are added when
+that command is parsed (:class:`_CommandParser`): ``decode`` reads the file and starts decoding
+before it imports torch, which then loads while the tensors decode. :func:`console_main`, the
+``weightcodec`` console script and ``python -m weightcodec``, ends the process without tearing
+the interpreter down.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
-import torch
-
-from . import __version__, api, container, distributed, report, tensors
-from .allocate import encode_to_size, parse_size
-from .calibration_file import load_calibration
-from .codecs import deep, weightless
+from . import __version__
 from .errors import WeightcodecError
-from .pipelines.auto_model import compress_to_error
-from .pipelines.models import MODELS
-from .pipelines.reproduce import METHODS as REPRODUCE_METHODS
-from .pipelines.reproduce import THREADS as REPRODUCE_THREADS
-from .pipelines.reproduce import format_summary, reproduce
-from .recipe import METHODS, load_recipe, recipe_from_options
-from .simplify import cluster
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "console_main", "build_parser"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# commands that import and run the user's code (model builders, training hooks): they end with a normal exit
+RUNS_USER_CODE = ("compress",)
 # encode's codec options, as (flag, recipe key); a flag left out keeps the recipe default
 CODEC_OPTIONS = (("clusters", "clusters"), ("sparsity", "sparsity"), ("t", "t"), ("init", "init"),
                  ("filter", "filter"), ("entropy", "entropy"), ("index_bits", "index_bits"))
@@ -55,11 +52,20 @@ CODEC_OPTIONS = (("clusters", "clusters"), ("sparsity", "sparsity"), ("t", "t"),
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
-    parser = build_parser()
+    args = _parse(argv)
+    return args if isinstance(args, int) else _run(args)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code of ``--help`` or of a usage error argparse already printed."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return build_parser().parse_args(argv)
+    except SystemExit as exc:
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; its exit code, after one line on stderr for an error."""
     try:
         args.run(args)
     except KeyboardInterrupt:
@@ -86,6 +92,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def console_main() -> NoReturn:
+    """The ``weightcodec`` console script and ``python -m weightcodec``: :func:`main`, then end the process.
+
+    The process ends with :func:`os._exit` instead of a normal interpreter exit, whose teardown
+    of torch and numba (modules, objects, threads' states) takes about a second after the work
+    is done. Nothing is lost: every output was written through an atomic writer, so it is
+    closed and renamed (in the operating system's hands, as after a normal exit) before the
+    command returns; the ``atexit`` callbacks (logging, multiprocessing, temporary folders,
+    numba, tqdm) run here, then stdout and stderr are flushed. What is skipped is the freeing
+    of memory, which the operating system does at once, and the joining of threads, none of
+    which has work left that anyone reads (a decode still running after an error or an
+    interrupt is stopped). Commands that run the user's code (:data:`RUNS_USER_CODE`: a
+    training hook may leave a file open, which only the teardown closes) exit normally.
+    Measured: ``benchmarks/results/decode-cli.md``. :func:`main` itself returns, for callers
+    in a Python process.
+    """
+    args = _parse(None)
+    code = args if isinstance(args, int) else _run(args)
+    if not isinstance(args, int) and args.command in RUNS_USER_CODE:
+        sys.exit(code)
+    atexit._run_exitfuncs()  # as a normal exit does first; then the streams, which they may have written to
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away: as main does, quietly
+        code = code or EXIT_ERROR
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _error(message: str) -> None:
     print(f"weightcodec: error: {' '.join(message.split())}", file=sys.stderr)
 
@@ -95,6 +130,31 @@ def _say(text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- parser
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser whose options are added when that command is parsed or its help shown.
+
+    ``add_options(parser)`` imports what the options name (codec choices, model names), so a
+    command pays only for its own imports: ``decode``'s options import nothing heavy.
+    """
+
+    def __init__(self, *args, add_options=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_options = add_options
+
+    def _complete(self) -> None:
+        if self._add_options is not None:
+            add, self._add_options = self._add_options, None
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,19 +169,35 @@ def build_parser() -> argparse.ArgumentParser:
         flags_of.add_argument("--quiet", "-q", action="store_true", default=default, help="no progress bars")
         flags_of.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"weightcodec {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_encode, _add_decode, _add_inspect, _add_compress, _add_reproduce):
-        add(commands, common)
-    return parser
-
-
-def _add_encode(commands, common) -> None:
-    p = commands.add_parser(
-        "encode", parents=[common], help="compress a state_dict file (.pt / .safetensors) data-free",
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
+    commands.add_parser(
+        "encode", parents=[common], add_options=_encode_options,
+        help="compress a state_dict file (.pt / .safetensors) data-free",
         description="Encode every tensor with >= 2 dims with the codec; others are stored raw. A tensor "
         "with at most K distinct non-zero values is stored as is (lossless); others are pruned by "
         "magnitude (--sparsity) and clustered to K values first. Give codec options or --recipe.",
     )
+    commands.add_parser("decode", parents=[common], add_options=_decode_options,
+                        help="restore a state_dict (or an ONNX model) from a .wcz file")
+    commands.add_parser("inspect", parents=[common], add_options=_inspect_options,
+                        help="show where the bytes of a .wcz file go")
+    commands.add_parser(
+        "compress", parents=[common], add_options=_compress_options,
+        help="compress a model with a recipe (and its training hook)",
+        description="MODEL is a state_dict file, or a 'module:function' that builds the nn.Module "
+        "(searched in the recipe's folder and the working folder); a recipe with a training hook needs the latter.",
+    )
+    commands.add_parser("reproduce", parents=[common], add_options=_reproduce_options,
+                        help="run a paper's pipeline on LeNet and MNIST")
+    return parser
+
+
+def _encode_options(p: argparse.ArgumentParser) -> None:
+    from . import api
+    from .codecs import deep, weightless
+    from .recipe import METHODS
+    from .simplify import cluster
+
     p.add_argument("input", type=Path, help="state_dict file: .pt/.pth (read with weights_only=True) or .safetensors")
     p.add_argument("-o", "--output", type=Path, required=True, help="the .wcz file to write")
     p.add_argument("--codec", choices=list(METHODS), help="codec for the tensors with >= 2 dims")
@@ -147,8 +223,7 @@ def _add_encode(commands, common) -> None:
     p.set_defaults(run=_run_encode)
 
 
-def _add_decode(commands, common) -> None:
-    p = commands.add_parser("decode", parents=[common], help="restore a state_dict (or an ONNX model) from a .wcz file")
+def _decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="the .wcz file")
     p.add_argument("-o", "--output", type=Path, required=True, help="OUT.pt, OUT.safetensors, or OUT.onnx with --onnx")
     p.add_argument("--onnx", type=Path, metavar="MODEL.onnx",
@@ -165,8 +240,7 @@ def _add_jobs(p: argparse.ArgumentParser, verb: str) -> None:
     )
 
 
-def _add_inspect(commands, common) -> None:
-    p = commands.add_parser("inspect", parents=[common], help="show where the bytes of a .wcz file go")
+def _inspect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="the .wcz file")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="draw bytes per tensor and weight histograms")
@@ -180,12 +254,7 @@ def _add_max_memory(p, effect: str) -> None:
                    f"memory available); {effect}")
 
 
-def _add_compress(commands, common) -> None:
-    p = commands.add_parser(
-        "compress", parents=[common], help="compress a model with a recipe (and its training hook)",
-        description="MODEL is a state_dict file, or a 'module:function' that builds the nn.Module "
-        "(searched in the recipe's folder and the working folder); a recipe with a training hook needs the latter.",
-    )
+def _compress_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="state_dict file, or module:function returning the model")
     p.add_argument("--recipe", type=Path, required=True, help="the TOML recipe")
     p.add_argument("-o", "--output", type=Path, required=True, help="the .wcz file to write")
@@ -198,12 +267,14 @@ def _add_compress(commands, common) -> None:
     p.set_defaults(run=_run_compress)
 
 
-def _add_reproduce(commands, common) -> None:
-    p = commands.add_parser("reproduce", parents=[common], help="run a paper's pipeline on LeNet and MNIST")
+def _reproduce_options(p: argparse.ArgumentParser) -> None:
+    from .pipelines.models import MODELS
+    from .pipelines.reproduce import METHODS, THREADS
+
     p.add_argument("model", choices=sorted(MODELS))
     p.add_argument(
         "--method",
-        choices=sorted(REPRODUCE_METHODS),
+        choices=sorted(METHODS),
         default="deep",
         help="deep: Deep Compression; weightless: Weightless on the largest layer; weightless-all: on every layer",
     )
@@ -215,8 +286,8 @@ def _add_reproduce(commands, common) -> None:
     p.add_argument(
         "--threads",
         type=_positive_int,
-        default=REPRODUCE_THREADS,
-        help=f"PyTorch CPU threads while it runs (default {REPRODUCE_THREADS}: the same file on every machine; "
+        default=THREADS,
+        help=f"PyTorch CPU threads while it runs (default {THREADS}: the same file on every machine; "
         "another count may give another file)",
     )
     _add_device(p, "training, pruning and clustering")
@@ -224,8 +295,10 @@ def _add_reproduce(commands, common) -> None:
 
 
 def _add_device(p: argparse.ArgumentParser, what: str) -> None:
+    from .distributed import DEVICES
+
     p.add_argument(
-        "--device", choices=distributed.DEVICES, default="auto",
+        "--device", choices=DEVICES, default="auto",
         help=f"where {what} run (default auto: cuda when PyTorch sees a GPU); the codecs always run on the CPU",
     )
 
@@ -266,6 +339,9 @@ def _index_bits(text: str) -> int | str:
 
 
 def _run_encode(args: argparse.Namespace) -> None:
+    from . import api, container, report
+    from .recipe import METHODS, load_recipe, recipe_from_options
+
     options = {key: getattr(args, flag) for flag, key in CODEC_OPTIONS}
     given = [f"--{flag.replace('_', '-')}" for flag, key in CODEC_OPTIONS if options[key] is not None]
     if args.codec is not None:
@@ -290,6 +366,11 @@ def _run_encode(args: argparse.Namespace) -> None:
 
 
 def _run_compress(args: argparse.Namespace) -> None:
+    import torch
+
+    from . import api, distributed
+    from .recipe import load_recipe
+
     recipe = load_recipe(args.recipe)
     if args.target_error is not None or recipe.auto is not None:
         _run_compress_to_error(args, recipe)
@@ -307,6 +388,9 @@ def _run_compress(args: argparse.Namespace) -> None:
 
 def _run_compress_to_error(args: argparse.Namespace, recipe) -> None:
     """``compress --target-error``: the automatic search, in this one process, on the CPU."""
+    from . import api
+    from .pipelines.auto_model import compress_to_error
+
     model = api.load_model(args.model, weights=args.weights, search=[recipe.folder, Path.cwd()])
     result = compress_to_error(model, recipe, args.output, target_error=args.target_error, seed=args.seed,
                                progress=not args.quiet)  # fmt: skip
@@ -316,6 +400,8 @@ def _run_compress_to_error(args: argparse.Namespace, recipe) -> None:
 
 
 def _write(data: bytes, path: Path) -> None:
+    from . import container, report
+
     _say(f"wrote {path}: {report.headline(container.from_bytes(data))}")
 
 
@@ -324,6 +410,10 @@ def _run_encode_to_size(args: argparse.Namespace, given: list[str]) -> None:
         raise WeightcodecError(f"--size / --ratio choose the codecs themselves; drop {', '.join(given)}")
     if args.size is not None and args.ratio is not None:
         raise WeightcodecError("give either --size or --ratio, not both")
+    from . import tensors
+    from .allocate import encode_to_size
+    from .calibration_file import load_calibration
+
     calibration = load_calibration(args.calibrate) if args.calibrate is not None else None
     state = tensors.load_state_dict(args.input)
     result = encode_to_size(state, args.output, size=args.size, ratio=args.ratio, calibration=calibration, seed=args.seed,
@@ -333,6 +423,8 @@ def _run_encode_to_size(args: argparse.Namespace, given: list[str]) -> None:
 
 
 def _size(text: str) -> int:
+    from .allocate import parse_size
+
     try:
         return parse_size(text)
     except WeightcodecError as exc:
@@ -340,8 +432,13 @@ def _size(text: str) -> int:
 
 
 def _run_decode(args: argparse.Namespace) -> None:
+    from . import container, decoding
+
     if args.onnx is None:
-        api.decompress_file(args.input, args.output, jobs=args.jobs, max_bytes=args.max_memory, progress=not args.quiet)
+        started = decoding.start(args.input, args.output, jobs=args.jobs, max_bytes=args.max_memory)
+        from . import api  # imports torch while the tensors decode
+
+        api.write_decoded(started, args.output, progress=not args.quiet)
         _say(f"wrote {args.output}")
         return
     from .onnx_export import export_onnx
@@ -355,6 +452,8 @@ def _run_decode(args: argparse.Namespace) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> None:
+    from . import container, report
+
     wcz = container.read(args.input)
     summary = report.summarize(wcz, max_bytes=args.max_memory)
     _say(json.dumps(summary, indent=2) if args.json else f"{args.input}: {report.headline(wcz)}\n\n{report.format_table(summary)}")
@@ -365,6 +464,9 @@ def _run_inspect(args: argparse.Namespace) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> None:
+    from . import distributed
+    from .pipelines.reproduce import format_summary, reproduce
+
     with distributed.launch(args.device) as runtime:
         result = reproduce(
             args.model, args.method, quick=args.quick, seed=args.seed, progress=not args.quiet, data=args.data,
