@@ -40,7 +40,7 @@ Writes ``benchmarks/results/real-model.{json,md,png}``. Needs ``pip install -e '
 NNCodec's environment (its torch wheel may be a CUDA build; it runs on the CPU)::
 
     python3.11 -m venv benchmarks/.venv-nncodec
-    benchmarks/.venv-nncodec/bin/pip install nncodec==2.1.3
+    benchmarks/.venv-nncodec/bin/pip install nncodec==2.1.3 safetensors
     export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1
     nice -n 10 python benchmarks/bench_real_model.py            # --quick: 2 sizes; --reuse: cached points
 

@@ -13,6 +13,14 @@ dict of arrays, with its defaults otherwise (uniform quantization, dependent qua
 DeepCABAC, 1-D tensors at ``nonweight_qp = -75``); integer buffers (``position_ids``) are not
 given to it and are copied unchanged, and the benchmark counts their raw bytes beside the
 bitstream.
+
+With ``--codebook`` NNCodec codes each tensor in its codebook mode instead (``approx_method
+'codebook'``, dependent quantization off): the tensor is put on the uniform grid of the QP, its
+distinct grid values become a codebook, and the indices into it are coded with DeepCABAC
+(NNCodec keeps uniform coding for a tensor where that is smaller). At a QP whose step is far
+below the spacing of a clustered tensor's values this stores the clustered tensor almost
+exactly: ``bench_lossless.py`` uses it to code the same clustered tensors as our deep codec.
+Those files are named ``cb-qp<QP>.*``.
 """
 
 from __future__ import annotations
@@ -72,7 +80,7 @@ class _Inert:
         raise RuntimeError(f"{type(self).__module__}.{type(self).__name__} is not available: torchvision could not load")
 
 
-def encode_at(params: dict[str, np.ndarray], qp: int, out: Path) -> dict:
+def encode_at(params: dict[str, np.ndarray], qp: int, out: Path, codebook: bool = False) -> dict:
     """Encode ``params`` at ``qp``, decode the bitstream back; write both; return the timings."""
     import_torchvision_or_stand_in()
     from nncodec.nn import decode, encode
@@ -80,15 +88,18 @@ def encode_at(params: dict[str, np.ndarray], qp: int, out: Path) -> dict:
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:  # nncodec also writes its own copy of the bitstream there
         args = {"qp": qp, "verbose": False, "results": scratch}
+        if codebook:
+            args.update(approx_method="codebook", use_dq=False)
         start, cpu = time.perf_counter(), time.process_time()
         bitstream = encode(dict(params), args=args)
         encode_seconds, encode_cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     start = time.perf_counter()
     decoded = decode(bitstream, args=args)
     decode_seconds = time.perf_counter() - start
-    (out / f"qp{qp}.nnc").write_bytes(bytes(bitstream))
-    save_file({name: np.ascontiguousarray(decoded[name], dtype=np.float32) for name in params}, str(out / f"qp{qp}.safetensors"))
-    return {"qp": qp, "bytes": len(bitstream), "encode_seconds": encode_seconds, "encode_cpu_seconds": encode_cpu_seconds,
+    stem = f"cb-qp{qp}" if codebook else f"qp{qp}"
+    (out / f"{stem}.nnc").write_bytes(bytes(bitstream))
+    save_file({name: np.ascontiguousarray(decoded[name], dtype=np.float32) for name in params}, str(out / f"{stem}.safetensors"))
+    return {"qp": qp, "codebook": codebook, "bytes": len(bitstream), "encode_seconds": encode_seconds, "encode_cpu_seconds": encode_cpu_seconds,
             "decode_seconds": decode_seconds,
             "load_average_before": load, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -98,13 +109,14 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="a .safetensors state_dict")
     parser.add_argument("out", type=Path, help="folder for the bitstreams, reconstructions and timings")
     parser.add_argument("--qp", type=int, nargs="+", required=True, help="NNCodec quantization parameters")
+    parser.add_argument("--codebook", action="store_true", help="NNCodec's codebook mode (files cb-qp<QP>.*)")
     options = parser.parse_args()
     options.out.mkdir(parents=True, exist_ok=True)
     tensors = load_file(str(options.model))
     params = {name: array for name, array in tensors.items() if np.issubdtype(array.dtype, np.floating)}
     for qp in options.qp:
-        run = {"nncodec": version("nncodec"), "numpy": np.__version__, **encode_at(params, qp, options.out)}
-        (options.out / f"qp{qp}.json").write_text(json.dumps(run, indent=1) + "\n")
+        run = {"nncodec": version("nncodec"), "numpy": np.__version__, **encode_at(params, qp, options.out, options.codebook)}
+        (options.out / f"{'cb-' if options.codebook else ''}qp{qp}.json").write_text(json.dumps(run, indent=1) + "\n")
 
 
 if __name__ == "__main__":

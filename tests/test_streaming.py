@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from weightcodec import api, container, decoding, tensors
-from weightcodec.codecs import deep, parallel, raw
+from weightcodec.codecs import parallel, raw
 from weightcodec.errors import EncodeError, WeightcodecError
 from weightcodec.recipe import recipe_from_options
 

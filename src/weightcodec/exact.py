@@ -5,7 +5,8 @@ tensors on a uniform grid or with few distinct values. :func:`encode_exact` stor
 bit for bit with the smallest of
 
 * ``uniform`` when every value is ``level * Δ`` in float32 (:func:`~weightcodec.codecs.uniform.grid_step`);
-* ``deep`` (Huffman and ANS, the smaller) when it has at most 256 distinct non-zero values;
+* ``deep`` (Huffman and ANS, the smaller, each with the codes split by row and column classes
+  where that is smaller) when it has at most 256 distinct non-zero values;
 * ``raw``, its own bytes, always.
 
 Exact means equal values (a -0.0 may come back as +0.0). Float tensors are compared in float32; a
@@ -68,6 +69,7 @@ def _smallest_exact(name: str, tensor: torch.Tensor) -> container.TensorRecord:
                 candidates.append(tensors.encode_tensor(name, tensor, uniform.NAME, step=step))
             if np.unique(values[values != 0]).size <= deep.MAX_CLUSTERS:
                 candidates += [
-                    tensors.encode_tensor(name, tensor, deep.NAME, entropy=coder) for coder in deep.ENTROPY_CODERS
+                    tensors.encode_tensor(name, tensor, deep.NAME, entropy=coder, contexts=True)
+                    for coder in deep.ENTROPY_CODERS
                 ]
     return min(candidates, key=lambda record: record.nbytes)  # ties: raw first, then uniform

@@ -53,7 +53,6 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import json
-import math
 import os
 import sys
 import tomllib

@@ -18,7 +18,9 @@ An entry is one non-zero weight or one filler. Fillers and the gap convention ar
 :mod:`~weightcodec.codecs.sparse_index`; both streams are coded by the entropy coder named in
 ``meta["entropy"]`` (Huffman, :mod:`~weightcodec.codecs.huffman`). The size is close to
 ``entries * (H(gap) + H(code))`` bits plus the tables and the codebook: :func:`describe`
-reports it against that bound. Zeros, +0.0 and -0.0 alike, are the pruned positions and
+reports it against that bound. With ``contexts=True`` the codes may instead be split by the
+row and column classes of :mod:`~weightcodec.codecs.contexts` (a fourth section, ``classes``),
+one model per class pair, which takes a dense trained matrix below that bound. Zeros, +0.0 and -0.0 alike, are the pruned positions and
 decode as +0.0; every other value is restored bit for bit. Byte layouts: ``docs/codecs/deep.md``.
 """
 
@@ -32,6 +34,7 @@ import numpy as np
 from ..errors import CorruptFileError, EncodeError, FormatError
 from .base import Encoded
 from .ans import ans_encode, ans_reader
+from . import contexts as ctx
 from .common import (
     BITS_PER_BYTE,
     CENTROID_DTYPE,
@@ -45,6 +48,7 @@ from .common import (
 )
 from .huffman import counts_entropy_bits, huffman_encode, huffman_reader
 from .sparse_index import MAX_INDEX_BITS, gaps_with_fillers
+from .uniform import matrix_shape
 
 __all__ = [
     "NAME",
@@ -65,6 +69,7 @@ MAX_CLUSTERS = 256
 # rare in a pruned layer for a wider field to pay for its extra bit on every entry.
 AUTO_INDEX_BITS = range(1, 13)
 SECTIONS = ("codebook", "gaps", "codes")
+SECTIONS_WITH_CLASSES = ("codebook", "gaps", "classes", "codes")
 # Entries decoded at a time: the decoder's working memory is a few arrays of this many int64,
 # whatever the tensor's size (a 300-byte file may legitimately decode to a 256 MiB tensor);
 # 2**14 .. 2**18 decode at about the same speed.
@@ -76,8 +81,8 @@ class EntropyCoder(NamedTuple):
 
     ``encode(symbols) -> bytes`` must be deterministic. ``reader(data, count)`` checks the
     stream's table and returns an object whose ``read(n)`` gives the next ``n`` ints (int64)
-    and whose ``close()`` checks that the stream ends exactly after ``count`` of them; both
-    raise :class:`~weightcodec.errors.CorruptFileError` for a damaged stream. Decoding in
+    and whose ``close()`` checks that the stream ends exactly after ``count`` of them, and
+    which counts the symbols still to read in ``left``; both raise :class:`~weightcodec.errors.CorruptFileError` for a damaged stream. Decoding in
     chunks keeps memory bounded whatever ``count`` claims. Adding a coder is one entry in
     :data:`ENTROPY_CODERS`; its name is stored in ``meta``.
     """
@@ -138,7 +143,7 @@ def build_codebook(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return codebook.astype(np.float32), codes.reshape(-1).astype(np.int64), positions.astype(np.int64)
 
 
-def encode(array: np.ndarray, *, index_bits: int | str = "auto", entropy: str = "huffman") -> Encoded:
+def encode(array: np.ndarray, *, index_bits: int | str = "auto", entropy: str = "huffman", contexts: bool = False) -> Encoded:
     """Store a pruned, clustered float32 array as codebook + coded gaps + coded codes.
 
     Parameters
@@ -150,11 +155,14 @@ def encode(array: np.ndarray, *, index_bits: int | str = "auto", entropy: str = 
         ``"auto"`` to try 1..12 and keep the smallest result (the narrowest width on ties).
     entropy : str
         Entropy coder for the gap and code streams, a key of :data:`ENTROPY_CODERS`.
+    contexts : bool
+        Also try the codes split by row and column classes (:mod:`~.contexts`, at the chosen
+        index width) and keep that when it is smaller. Off by default: the paper's layout.
 
     Returns
     -------
     Encoded
-        Sections ``codebook``, ``gaps``, ``codes``; ``meta`` holds ``index_bits``,
+        Sections ``codebook``, ``gaps``, (``classes``,) ``codes``; ``meta`` holds ``index_bits``,
         ``entropy`` and ``entries`` (non-zeros plus fillers). Equal input gives equal bytes.
 
     Raises
@@ -183,8 +191,10 @@ def encode(array: np.ndarray, *, index_bits: int | str = "auto", entropy: str = 
     candidates = [_encode_streams(codes, positions, len(codebook), b, coder) for b in widths]
     best = min(candidates, key=lambda c: (len(c.gaps) + len(c.codes), c.index_bits))
     meta = {"index_bits": best.index_bits, "entropy": entropy, "entries": best.entries}
-    codebook_bytes = codebook.astype(CENTROID_DTYPE).tobytes()
-    return Encoded(NAME, meta, {"codebook": codebook_bytes, "gaps": best.gaps, "codes": best.codes})
+    sections = {"codebook": codebook.astype(CENTROID_DTYPE).tobytes(), "gaps": best.gaps, "codes": best.codes}
+    if contexts:
+        sections.update(_codes_by_context(array, codes, positions, len(codebook), best, coder))
+    return Encoded(NAME, meta, {name: sections[name] for name in (SECTIONS_WITH_CLASSES if "classes" in sections else SECTIONS)})
 
 
 def decode(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) -> np.ndarray:
@@ -217,7 +227,7 @@ def decode(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...])
     [1.0, 1.0, 1.0]
     """
     out = np.zeros(math.prod(shape), dtype=np.float32)
-    _scan(meta, sections, out)
+    _scan(meta, sections, shape, out)
     return out.reshape(shape)
 
 
@@ -236,7 +246,8 @@ def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...
     -------
     dict
         ``nonzero``, ``fillers``, ``entries`` (their sum), ``clusters`` (K), ``index_bits``,
-        ``entropy``, ``value_bits_fixed`` (``ceil(log2(K + 1))``, a code without entropy
+        ``entropy``, ``classes`` (``[R, C]`` row and column classes of the codes, or None),
+        ``value_bits_fixed`` (``ceil(log2(K + 1))``, a code without entropy
         coding), ``bits_per_code`` and ``bits_per_gap`` (section bits per entry, tables
         included), ``bits_per_nonzero`` (all sections), ``bytes`` (total) and
         ``section_bytes`` (per section), ``bound_bytes`` (order-0 entropy of the gap stream
@@ -258,7 +269,7 @@ def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...
     """
     size = math.prod(shape)
     if measure:
-        scan = _scan(meta, sections, None, size)
+        scan = _scan(meta, sections, shape, None)
         clusters, index_bits = len(scan.codebook), scan.index_bits
         fillers = int(scan.code_counts[clusters])
         entropy_total = counts_entropy_bits(scan.gap_counts) + counts_entropy_bits(scan.code_counts)
@@ -276,10 +287,11 @@ def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...
         "clusters": clusters,
         "index_bits": index_bits,
         "entropy": meta["entropy"],
+        "classes": list(sections["classes"][:2]) if "classes" in sections else None,
         "value_bits_fixed": math.ceil(math.log2(clusters + 1)),
         "bits_per_code": per(BITS_PER_BYTE * len(sections["codes"]), entries),
         "bits_per_gap": per(BITS_PER_BYTE * len(sections["gaps"]), entries),
-        **size_figures(sections, SECTIONS, bound, nonzero),
+        **size_figures(sections, SECTIONS_WITH_CLASSES if "classes" in sections else SECTIONS, bound, nonzero),
     }
 
 
@@ -296,14 +308,36 @@ def _index_widths(index_bits: int | str) -> range:
     return range(int(index_bits), int(index_bits) + 1)
 
 
-def _encode_streams(
-    codes: np.ndarray, positions: np.ndarray, clusters: int, index_bits: int, coder: EntropyCoder
-) -> _Candidate:
-    """Entropy-code the gaps and the codes (filler code ``clusters``) at one index width."""
+def _entries(codes: np.ndarray, positions: np.ndarray, clusters: int, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gap symbol and code (filler code ``clusters``) of every entry at one index width."""
     gap_symbols, is_filler = gaps_with_fillers(positions, index_bits)
     entry_codes = np.full(len(gap_symbols), clusters, dtype=np.uint16)  # filler code K <= 256
     entry_codes[~is_filler] = codes
+    return gap_symbols, entry_codes
+
+
+def _encode_streams(
+    codes: np.ndarray, positions: np.ndarray, clusters: int, index_bits: int, coder: EntropyCoder
+) -> _Candidate:
+    """Entropy-code the gaps and the codes at one index width."""
+    gap_symbols, entry_codes = _entries(codes, positions, clusters, index_bits)
     return _Candidate(index_bits, len(gap_symbols), coder.encode(gap_symbols), coder.encode(entry_codes))
+
+
+def _codes_by_context(
+    array: np.ndarray, codes: np.ndarray, positions: np.ndarray, clusters: int, best: _Candidate, coder: EntropyCoder
+) -> dict[str, bytes]:
+    """``classes`` and ``codes`` sections split by context, if some classes make them smaller; else nothing."""
+    gap_symbols, entry_codes = _entries(codes, positions, clusters, best.index_bits)
+    entry_positions = np.cumsum(gap_symbols.astype(np.int64) + 1) - 1
+    matrix = array.reshape(matrix_shape(array.shape))
+    classes = ctx.choose_classes(matrix, entry_codes.astype(np.int64), entry_positions)
+    if classes is None:
+        return {}
+    contexts = ctx.contexts_of(entry_positions, classes)
+    split = {"classes": ctx.encode_classes(classes, coder.encode),
+             "codes": ctx.encode_by_context(entry_codes, contexts, classes.row_classes * classes.col_classes, coder.encode)}  # fmt: skip
+    return split if len(split["classes"]) + len(split["codes"]) < len(best.codes) else {}
 
 
 def _entropy_coder(name: str, error: type[Exception]) -> EntropyCoder:
@@ -320,42 +354,47 @@ def _entropy_coder(name: str, error: type[Exception]) -> EntropyCoder:
 
 def _read_params(meta: Mapping, sections: Mapping[str, bytes], size: int) -> tuple[np.ndarray, int, EntropyCoder]:
     """The checked codebook, index width and entropy coder of a stored tensor of ``size`` elements."""
-    check_sections(sections, SECTIONS, NAME)
+    check_sections(sections, SECTIONS_WITH_CLASSES if "classes" in sections else SECTIONS, NAME)
     index_bits = meta_int(meta, "index_bits", 1, MAX_INDEX_BITS, NAME)
     meta_int(meta, "entries", 0, size, NAME)
     coder = _entropy_coder(meta_str(meta, "entropy", NAME), FormatError)
     return read_codebook(bytes(sections["codebook"]), MAX_CLUSTERS, NAME), index_bits, coder
 
 
-def _scan(meta: Mapping, sections: Mapping[str, bytes], out: np.ndarray | None, size: int | None = None) -> _Scan:
+def _scan(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...], out: np.ndarray | None) -> _Scan:
     """Decode and check every entry, :data:`DECODE_CHUNK` at a time, writing weights into ``out``.
 
-    The streams must be exactly what :func:`encode` writes for a tensor of ``out.size`` (or
-    ``size``) elements: gaps below ``2**index_bits``, codes up to the filler code ``K``, fillers
-    storing the largest gap and never last, every centroid used, positions inside the tensor.
+    The streams must be exactly what :func:`encode` writes for a tensor of ``shape``: gaps
+    below ``2**index_bits``, codes up to the filler code ``K``, fillers storing the largest gap
+    and never last, every centroid used, positions inside the tensor.
     """
-    size = out.size if out is not None else size
+    size = math.prod(shape)
     codebook, index_bits, coder = _read_params(meta, sections, size)
     entries, clusters, span = meta["entries"], len(codebook), 1 << index_bits
     gaps = coder.reader(bytes(sections["gaps"]), entries)
-    codes = coder.reader(bytes(sections["codes"]), entries)
+    if "classes" in sections:
+        classes = ctx.read_classes(bytes(sections["classes"]), *matrix_shape(shape), coder.reader)
+        codes = ctx.ContextReader(bytes(sections["codes"]), classes, entries, coder.reader)
+    else:
+        codes = coder.reader(bytes(sections["codes"]), entries)
     gap_counts = np.zeros(span, dtype=np.int64)
     code_counts = np.zeros(clusters + 1, dtype=np.int64)
     position, last_is_filler = -1, False
     for start in range(0, entries, DECODE_CHUNK):
         n = min(DECODE_CHUNK, entries - start)
-        gap, code = gaps.read(n), codes.read(n)
-        if gap.min() < 0 or gap.max() >= span or code.min() < 0 or code.max() > clusters:
-            raise CorruptFileError(
-                f"deep streams hold gaps outside 0..{span - 1} or codes outside 0..{clusters} (filler = {clusters})"
-            )
+        gap = gaps.read(n)
+        if gap.min() < 0 or gap.max() >= span:
+            raise CorruptFileError(f"deep gaps stream holds gaps outside 0..{span - 1}")
+        ends = position + np.cumsum(gap + 1)  # int64: entries * 2**16 <= 2**56 cannot overflow
+        if ends[-1] >= size:
+            raise CorruptFileError(f"deep gaps reach flat position {int(ends[-1])}; the tensor has {size} elements")
+        code = codes.read(ends) if "classes" in sections else codes.read(n)
+        if code.min() < 0 or code.max() > clusters:
+            raise CorruptFileError(f"deep codes stream holds codes outside 0..{clusters} (filler = {clusters})")
         is_filler = code == clusters
         if np.any(gap[is_filler] != span - 1):
             raise CorruptFileError(f"deep fillers must store gap {span - 1} and may not end the stream")
-        ends = position + np.cumsum(gap + 1)  # int64: entries * 2**16 <= 2**56 cannot overflow
         position, last_is_filler = int(ends[-1]), bool(is_filler[-1])
-        if position >= size:
-            raise CorruptFileError(f"deep gaps reach flat position {position}; the tensor has {size} elements")
         gap_counts += np.bincount(gap, minlength=span)
         code_counts += np.bincount(code, minlength=clusters + 1)
         if out is not None:
