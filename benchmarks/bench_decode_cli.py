@@ -148,9 +148,9 @@ def main() -> None:
         exits = {"decode": [], "decode_normal_exit": []}
         for _ in range(args.repeat):
             for name, command in commands.items():
-                wall, work, out = run(command)
+                wall, work, printed = run(command)
                 if name in exits:
-                    exits[name].append(time.time() - float(out.split()[-1]))
+                    exits[name].append(time.time() - float(printed.split()[-1]))
                 times[name].append(wall)
                 cpu[name].append(work)
             wall, work = map(float, run(["-c", LOAD, str(wcz)])[2].split())
@@ -218,9 +218,9 @@ def markdown(r: dict) -> str:
         "",
         "Where the decode command's time goes (each breakdown in a fresh process, medians of "
         f"{len(runs['floor'])}). Its steps one after another: " + _steps(seq) + ". In the command's own order, the "
-        "file decoding on a background thread while torch is imported: " + _steps(ovl) + f". The overlap saves "
-        f"{saved:.2f} s (import torch + read and decode alone, {alone:.2f} s, against read + import torch + wait, "
-        f"{together:.2f} s). The exit, from the last exit callback to the process' end: {e['decode']:.2f} s for the "
+        "file decoding on a background thread while torch is imported: " + _steps(ovl) + ". Overlapping the decode "
+        f"with the torch import {'saves' if saved >= 0 else 'costs'} {abs(saved):.2f} s (import torch + read and decode "
+        f"alone, {alone:.2f} s, against read + import torch + wait, {together:.2f} s). The exit, from the last exit callback to the process' end: {e['decode']:.2f} s for the "
         f"command, {e['decode_normal_exit']:.2f} s with a normal exit (the interpreter's teardown of torch and numba, "
         "which the command skips; difference of the medians of whole runs above: "
         f"{m['decode_normal_exit'] - m['decode']:.2f} s). The floor pays the torch import, a save of the same bytes and its "
