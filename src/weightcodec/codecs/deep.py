@@ -188,7 +188,7 @@ def encode(array: np.ndarray, *, index_bits: int | str = "auto", entropy: str = 
             f"array has {len(codebook)} distinct non-zero values; the deep codec stores at most {MAX_CLUSTERS}: "
             "cluster the weights first (k-means with k <= 256)"
         )
-    candidates = [_encode_streams(codes, positions, len(codebook), b, coder) for b in widths]
+    candidates = [_encode_streams(codes, positions, len(codebook), b, coder) for b in _useful_widths(widths, positions)]
     best = min(candidates, key=lambda c: (len(c.gaps) + len(c.codes), c.index_bits))
     meta = {"index_bits": best.index_bits, "entropy": entropy, "entries": best.entries}
     sections = {"codebook": codebook.astype(CENTROID_DTYPE).tobytes(), "gaps": best.gaps, "codes": best.codes}
@@ -314,6 +314,18 @@ def _entries(codes: np.ndarray, positions: np.ndarray, clusters: int, index_bits
     entry_codes = np.full(len(gap_symbols), clusters, dtype=np.uint16)  # filler code K <= 256
     entry_codes[~is_filler] = codes
     return gap_symbols, entry_codes
+
+
+def _useful_widths(widths: range, positions: np.ndarray) -> range:
+    """``widths`` without those wider than the narrowest one that needs no filler.
+
+    From that width on, every gap fits its field: the streams are the same at every wider
+    width, and the narrowest wins the tie, so trying them would only cost time (a dense
+    tensor needs one try, not twelve).
+    """
+    largest_gap = int(np.diff(positions, prepend=-1).max()) if len(positions) else 1
+    enough = max(1, (largest_gap - 1).bit_length())  # 2**b >= largest_gap
+    return range(widths.start, max(widths.start, min(widths.stop - 1, enough)) + 1)
 
 
 def _encode_streams(
