@@ -18,11 +18,9 @@ Python process, timed from outside (wall clock, process start and imports includ
 Targets: ``decode`` within 1.0 s of ``floor`` (difference of the medians) and ``load`` within 1.0 s.
 numba's compiled code and Python's bytecode are cached on disk by a first, untimed decode (as
 after any first use; ``PYTHONDONTWRITEBYTECODE``, which a sandbox may set, is dropped for the
-commands so that weightcodec's modules are not compiled again in every process). Two breakdowns
-of the decode command, each in a fresh process: its steps one after another (what each costs
-alone), and the command's own order, where the file decodes on a background thread while torch
-is imported (the difference is what that overlap saves). The machine is shared with other jobs:
-the load average is recorded, and only figures of the same run are compared.
+commands so that weightcodec's modules are not compiled again in every process). A breakdown
+of the decode command, in a fresh process: its steps one after another. The machine is shared
+with other jobs: the load average is recorded, and only figures of the same run are compared.
 
 Writes ``benchmarks/results/decode-cli.json`` and ``decode-cli.md``::
 
@@ -59,13 +57,13 @@ LOAD = (
     "import sys, time; from weightcodec import load; t, c = time.perf_counter(), time.process_time(); load(sys.argv[1]); "
     "print(time.perf_counter() - t, time.process_time() - c)"
 )
-# The decode command's steps one after another, timed inside one fresh process: what each costs alone.
+# The decode command's steps, timed inside one fresh process: where the difference to the floor goes.
 PHASES = """
 import json, sys, time
 marks = [time.perf_counter()]
 import torch
 marks.append(time.perf_counter())
-from weightcodec import cli, container, decoding, tensors
+from weightcodec import api, cli, container, tensors
 marks.append(time.perf_counter())
 wcz = container.read(sys.argv[1])
 weights = tensors.numpy_to_tensor(wcz.decode(wcz.records[0].name), wcz.records[0].dtype)
@@ -73,29 +71,7 @@ marks.append(time.perf_counter())
 with container.atomic_writer(sys.argv[2]) as fh:
     torch.save({wcz.records[0].name: weights}, fh)
 marks.append(time.perf_counter())
-names = ["import torch", "import weightcodec's CLI and decoder", "read and decode", "torch.save to the file"]
-print(json.dumps(dict(zip(names, (b - a for a, b in zip(marks, marks[1:]))))))
-"""
-# The same steps in the decode command's order (cli._run_decode): decoding runs on a background thread
-# from decoding.start on, while torch is imported.
-OVERLAPPED = """
-import json, sys, time
-marks = [time.perf_counter()]
-from weightcodec import cli, container, decoding
-marks.append(time.perf_counter())
-started = decoding.start(sys.argv[1], sys.argv[2])
-marks.append(time.perf_counter())
-import torch
-from weightcodec import tensors
-marks.append(time.perf_counter())
-record = started.wcz.records[0]
-weights = tensors.numpy_to_tensor(next(started.arrays([record.name])), record.dtype)
-marks.append(time.perf_counter())
-with container.atomic_writer(sys.argv[2]) as fh:
-    torch.save({record.name: weights}, fh)
-marks.append(time.perf_counter())
-names = ["import weightcodec's CLI and decoder", "read the file, start decoding", "import torch (decoding meanwhile)",
-         "wait for the decode", "torch.save to the file"]
+names = ["import torch", "import weightcodec's CLI and API", "read and decode", "torch.save to the file"]
 print(json.dumps(dict(zip(names, (b - a for a, b in zip(marks, marks[1:]))))))
 """
 FLOOR = "import sys, torch; torch.save({'fc6.weight': torch.zeros(%d, %d)}, sys.argv[1])" % SHAPE
@@ -134,10 +110,7 @@ def main() -> None:
         run(["-c", CLI, "decode", str(wcz), "-o", str(out), "-q"])  # fills numba's and Python's caches (untimed)
         exact = torch.equal(torch.load(out, weights_only=True)["fc6.weight"], api.load(wcz)["fc6.weight"])
         del layer
-        breakdowns = {"phases": [], "overlapped": []}
-        for _ in range(args.repeat):
-            for name, script in (("phases", PHASES), ("overlapped", OVERLAPPED)):
-                breakdowns[name].append(json.loads(run(["-c", script, str(wcz), str(folder / "phases.pt")])[2]))
+        phases = [json.loads(run(["-c", PHASES, str(wcz), str(folder / "phases.pt")])[2]) for _ in range(args.repeat)]
         commands = {
             "floor": ["-c", FLOOR, str(floor)],
             "decode": ["-c", CLI, "decode", str(wcz), "-o", str(out), "-q"],
@@ -174,24 +147,16 @@ def main() -> None:
         "decoded_pt_equals_load": exact,
         "exit_runs_s": exits,
         "exit_median_s": {name: statistics.median(v) for name, v in exits.items()},
-        "decode_phases_median_s": _medians(breakdowns["phases"]),
-        "decode_overlapped_median_s": _medians(breakdowns["overlapped"]),
+        "decode_phases_median_s": {name: statistics.median(p[name] for p in phases) for name in phases[0]},
         "load_average_at_end": os.getloadavg(),
     }
     write_results("decode-cli", report, markdown(report))
 
 
-def _medians(runs: list[dict]) -> dict:
-    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
-
-
 def markdown(r: dict) -> str:
     m, d, c = r["median_s"], r["decode_minus_floor_s"], r["cpu_median_s"]
     runs = r["runs_s"]
-    seq, ovl, e = r["decode_phases_median_s"], r["decode_overlapped_median_s"], r["exit_median_s"]
-    alone = seq["import torch"] + seq["read and decode"]
-    together = ovl["read the file, start decoding"] + ovl["import torch (decoding meanwhile)"] + ovl["wait for the decode"]
-    saved = alone - together
+    e = r["exit_median_s"]
     return "\n".join([
         "# Decoding a VGG-16 FC-6-sized weightless layer through the command line",
         "",
@@ -216,23 +181,16 @@ def markdown(r: dict) -> str:
         f"{m['load'] <= r['targets']['load_s']}). In CPU seconds, which a busy machine inflates less: decode - floor = "
         f"{r['cpu_decode_minus_floor_s']:.2f} s. The decoded .pt equals `weightcodec.load`'s tensor: {r['decoded_pt_equals_load']}.",
         "",
-        "Where the decode command's time goes (each breakdown in a fresh process, medians of "
-        f"{len(runs['floor'])}). Its steps one after another: " + _steps(seq) + ". In the command's own order, the "
-        "file decoding on a background thread while torch is imported: " + _steps(ovl) + ". Overlapping the decode "
-        f"with the torch import {'saves' if saved >= 0 else 'costs'} {abs(saved):.2f} s (import torch + read and decode "
-        f"alone, {alone:.2f} s, against read + import torch + wait, {together:.2f} s). The exit, from the last exit callback to the process' end: {e['decode']:.2f} s for the "
+        f"Where the decode command's time goes (its steps timed inside one fresh process, medians of {len(runs['floor'])}): "
+        + "; ".join(f"{name} {s:.2f} s" for name, s in r["decode_phases_median_s"].items())
+        + f". The exit, from the last exit callback to the process' end: {e['decode']:.2f} s for the "
         f"command, {e['decode_normal_exit']:.2f} s with a normal exit (the interpreter's teardown of torch and numba, "
         "which the command skips; difference of the medians of whole runs above: "
         f"{m['decode_normal_exit'] - m['decode']:.2f} s). The floor pays the torch import, a save of the same bytes and its "
         "teardown too; the rest is the decoder's: its imports (numba), numba's one-time set-up on the first call of "
-        "a cached kernel in a process (on the decoding thread, taking turns with the torch import for the GIL), "
-        "the ribbon kernel, and first-touch page faults of the 411 MB output.",
+        "a cached kernel in a process, the ribbon kernel, and first-touch page faults of the 411 MB output.",
         "",
     ])
-
-
-def _steps(medians: dict) -> str:
-    return "; ".join(f"{name} {seconds:.2f} s" for name, seconds in medians.items())
 
 
 if __name__ == "__main__":

@@ -7,14 +7,13 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save as safetensors_save
 
-from weightcodec import api, container, decoding, tensors
+from weightcodec import api, container, tensors
 from weightcodec.codecs import parallel, raw
 from weightcodec.errors import EncodeError, WeightcodecError
 from weightcodec.recipe import recipe_from_options
@@ -160,45 +159,6 @@ def test_ordered_map_keeps_order_and_bounds_the_work_in_flight():
     results = parallel.ordered_map(work, iter(range(50)), jobs=3)
     assert list(results) == [i * i for i in range(50)]
     assert most[0] <= 3
-
-
-def test_run_ahead_starts_at_once_keeps_order_and_raises_where_read():
-    first_asked = threading.Event()
-
-    def items():
-        first_asked.set()
-        yield from range(5)
-        raise ValueError("item 5 is bad")
-
-    ahead = parallel.run_ahead(items())
-    assert first_asked.wait(timeout=60)  # computed before anyone read it
-    assert [next(ahead) for _ in range(5)] == list(range(5))
-    with pytest.raises(ValueError, match="item 5 is bad"):
-        next(ahead)
-
-
-def test_run_ahead_computes_at_most_one_item_ahead_of_its_reader():
-    produced = []
-    ahead_when_read = []
-
-    def items():
-        for i in range(20):
-            produced.append(i)
-            yield i
-
-    for i in parallel.run_ahead(items()):
-        ahead_when_read.append(len(produced) - (i + 1))
-    assert max(ahead_when_read) <= 1 and produced == list(range(20))
-
-
-def test_a_decoding_started_for_a_pt_gives_the_arrays_in_any_order_asked(model, tmp_path):
-    wcz = tmp_path / "m.wcz"
-    api.compress(model, RECIPES["weightless"], wcz)
-    expected = container.read(wcz).arrays()
-    for names in (list(expected), list(reversed(expected))):  # the file's order is decoded ahead; any other on demand
-        started = decoding.start(wcz, tmp_path / "out.pt", jobs=2)
-        for name, array in zip(names, started.arrays(names), strict=True):
-            np.testing.assert_array_equal(array, expected[name])
 
 
 def test_run_chunks_covers_every_chunk_once_whatever_the_threads():

@@ -9,8 +9,8 @@
     weightcodec.compress_to_error(model, "recipe.toml", "model.wcz", target_error=2.0)  # an error budget in
 
 The public names below, and the submodules, are imported on first use: ``import weightcodec``
-alone imports neither torch nor numba, so ``weightcodec decode`` can start decoding before it
-imports torch (:mod:`weightcodec.cli`).
+alone imports neither torch nor numba, so a command line pays only for the imports of its own
+command (:mod:`weightcodec.cli`).
 """
 
 import importlib

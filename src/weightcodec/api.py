@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, container, decoding, distributed, tensors
+from . import __version__, container, distributed, tensors
 from .codecs import deep
 from .codecs.parallel import ordered_map
 from .errors import EncodeError, WeightcodecError
@@ -59,7 +59,6 @@ __all__ = [
     "file_metadata",
     "restore_",
     "decompress_file",
-    "write_decoded",
     "load",
     "load_bytes",
     "load_into",
@@ -514,24 +513,23 @@ def decompress_file(
     WeightcodecError
         As :func:`load`, or if ``path`` cannot be written.
     """
-    write_decoded(decoding.start(wcz_path, path, jobs=jobs, max_bytes=max_bytes), path, progress=progress)
-
-
-def write_decoded(started: decoding.Decoding, path: str | os.PathLike, *, progress: bool = False) -> None:
-    """The torch half of :func:`decompress_file`: the tensors of ``started`` written to ``path``, atomically.
-
-    ``started`` comes from :func:`weightcodec.decoding.start` with the same ``path``; the
-    command line calls it before importing torch, so that decoding overlaps the import.
-    """
-    records = started.wcz.index
+    container.check_writable(path)
+    wcz = container.read(wcz_path)
+    records = {rec.name: rec for rec in wcz.records}
+    held_together = list(records.values())
+    if Path(path).suffix == ".safetensors":
+        held_together = sorted(held_together, key=container.decoded_nbytes, reverse=True)[: max(jobs, 1)]
+    container.check_budget(held_together, max_bytes)
     specs = {
         name: torch.empty(rec.shape, dtype=tensors.TORCH_DTYPES[rec.dtype], device="meta")
         for name, rec in records.items()
     }
 
+    def decode_one(name: str) -> torch.Tensor:
+        return tensors.numpy_to_tensor(wcz.decode(name), records[name].dtype)
+
     def produce(names: list[str]):
-        arrays = started.arrays(names)
-        decoded = (tensors.numpy_to_tensor(array, records[name].dtype) for name, array in zip(names, arrays))
+        decoded = ordered_map(decode_one, names, jobs)
         return tqdm(decoded, desc="decoding", unit="tensor", total=len(names), disable=not progress)
 
     tensors.write_state_dict(path, specs, produce)

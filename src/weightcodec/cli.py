@@ -21,8 +21,8 @@ stderr), 2 bad arguments, 3 an internal error (a bug: rerun with ``--debug`` for
 (:func:`weightcodec.distributed.launch`); only rank 0 prints and writes.
 
 Each command imports what it uses when it runs, and each sub-command's options are added when
-that command is parsed (:class:`_CommandParser`): ``decode`` reads the file and starts decoding
-before it imports torch, which then loads while the tensors decode. :func:`console_main`, the
+that command is parsed (:class:`_CommandParser`): parsing a ``decode`` command line imports
+neither torch nor numba. :func:`console_main`, the
 ``weightcodec`` console script and ``python -m weightcodec``, ends the process without tearing
 the interpreter down.
 """
@@ -432,15 +432,13 @@ def _size(text: str) -> int:
 
 
 def _run_decode(args: argparse.Namespace) -> None:
-    from . import container, decoding
-
     if args.onnx is None:
-        started = decoding.start(args.input, args.output, jobs=args.jobs, max_bytes=args.max_memory)
-        from . import api  # imports torch while the tensors decode
+        from . import api
 
-        api.write_decoded(started, args.output, progress=not args.quiet)
+        api.decompress_file(args.input, args.output, jobs=args.jobs, max_bytes=args.max_memory, progress=not args.quiet)
         _say(f"wrote {args.output}")
         return
+    from . import container
     from .onnx_export import export_onnx
 
     if args.output.suffix != ".onnx":

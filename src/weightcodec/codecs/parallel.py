@@ -1,5 +1,4 @@
-"""Work on several threads: a numba kernel over chunks of one output, one function over many items,
-an iterator run ahead of its reader.
+"""Work on several threads: a numba kernel over chunks of one output, or one function over many items.
 
 NumPy and the ``nogil`` numba kernels release the GIL, so Python threads run them in parallel.
 
@@ -9,8 +8,7 @@ NumPy and the ``nogil`` numba kernels release the GIL, so Python threads run the
 and its threads are ordinary Python threads, so callers that already decode several tensors at
 once (:func:`ordered_map`, ``--jobs``) turn the inner split off. Each position of the output is
 written by exactly one chunk, and :func:`ordered_map` yields in input order, so no result
-depends on the number of threads. :func:`run_ahead` starts an iterator on a background thread
-at once, so that ``weightcodec decode`` decodes while it imports torch.
+depends on the number of threads.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
-__all__ = ["CHUNK", "default_threads", "ordered_map", "run_ahead", "run_chunks", "single_threaded"]
+__all__ = ["CHUNK", "default_threads", "ordered_map", "run_chunks", "single_threaded"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -105,26 +103,3 @@ def ordered_map(function: Callable[[T], R], items: Iterable[T], jobs: int = 1) -
         finally:
             for future in pending:
                 future.cancel()
-
-
-def run_ahead(items: Iterator[T]) -> Iterator[T]:
-    """``items``, each computed on a background thread while the reader holds the one before.
-
-    The first item starts now, not on the first ``next``: the caller can do other work (import
-    torch) meanwhile. One item at most is computed ahead of the reader; an exception raised
-    computing an item is raised where the reader takes it.
-    """
-    end = object()
-    pool = ThreadPoolExecutor(1)
-    pending = pool.submit(next, items, end)
-
-    def read() -> Iterator[T]:
-        nonlocal pending
-        try:
-            while (item := pending.result()) is not end:
-                pending = pool.submit(next, items, end)
-                yield item
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    return read()
