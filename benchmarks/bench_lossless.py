@@ -42,7 +42,7 @@ from pathlib import Path
 import _common
 import numpy as np
 import torch
-from bench_real_model import NNCODEC_PYTHON, THREAD_VARIABLES
+from bench_real_model import NNCODEC_PYTHON, THREAD_VARIABLES, _seconds, _yes
 
 from weightcodec import container, encode_exact, load
 from weightcodec.api import compressible_names
@@ -153,9 +153,8 @@ def markdown(report: dict) -> str:
         o, n = r["ours"], r["nncodec"]
         lines.append(
             f"| {r['k']} | {r['index_entropy_bytes']:,.0f} | {o['bytes']:,} | {r['ours_without_classes_bytes']:,} | {n['bytes']:,} | {r['ours_over_nncodec']:.4f} | "
-            f"{'yes' if o['exact'] else 'no'} | {'yes' if n['distinct_values_kept'] else 'no'} ({n['max_abs_error']:.1e}) | "
-            f"{o['encode_seconds']:.1f} ({o['encode_cpu_seconds']:.1f}) / {n['encode_seconds']:.1f} ({n['encode_cpu_seconds']:.1f}) | "
-            f"{'yes' if r['met'] else '**no**'} |"
+            f"{_yes(o['exact'])} | {_yes(n['distinct_values_kept'])} ({n['max_abs_error']:.1e}) | "
+            f"{_seconds(o)} / {_seconds(n)} | {_yes(r['met'])} |"
         )  # fmt: skip
     met = all(r["met"] for r in report["rows"])
     lines += ["", f"Target (our deep codec's whole file ≤ NNCodec's bytes on the same clustered tensors, at every K): "
