@@ -107,6 +107,17 @@ def load_runs(model: str, seeds: tuple[int, ...]) -> dict[str, list[dict]]:
     return runs
 
 
+def seed0_matches_committed(model: str) -> dict[str, bool]:
+    """Per method with a seed-0 run here: whether its file is byte for byte the committed ``results/`` one."""
+    matches = {}
+    for method in METHODS:
+        rerun = seed_json(model, method, 0).with_suffix(".wcz")
+        committed = _common.RESULTS / f"reproduce-{model}-{method}.wcz"
+        if rerun.is_file() and committed.is_file():
+            matches[method] = rerun.read_bytes() == committed.read_bytes()
+    return matches
+
+
 def reencodes_identically(wcz_path: Path) -> bool:
     """Whether this code's encoders turn the weights a file decodes to into the very same file.
 
@@ -184,7 +195,7 @@ def mean_sd(stat: dict, form: str, unit: str) -> str:
     return f"{form.format(stat['mean'])}{sd}{unit}"
 
 
-def markdown(model: str, methods: dict, machine: dict) -> str:
+def markdown(model: str, methods: dict, machine: dict, matches: dict[str, bool]) -> str:
     """The results page: mean ± sd per method, then every run."""
     lines = [
         f"# {NAMES[model]} over three seeds",
@@ -221,6 +232,14 @@ def markdown(model: str, methods: dict, machine: dict) -> str:
                     "header), so it is not in the mean and sd; its rerun did not fit in this session"
                 )
                 lines += ["", f"{method} seed 0 is the committed `results/reproduce-{model}-{method}.json`: {why}."]
+    if matches:
+        same = [m for m, equal in matches.items() if equal]
+        other = [m for m, equal in matches.items() if not equal]
+        lines += ["", f"Seed 0 rerun against the committed `results/reproduce-{model}-<method>.wcz`: "
+                  + (f"byte for byte the same file for {', '.join(same)}" if same else "")
+                  + ("; " if same and other else "")
+                  + (f"a different file for {', '.join(other)} (the committed one was written by older code)" if other else "")
+                  + "."]  # fmt: skip
     if model not in WEIGHTLESS_LAYER_TARGETS:
         lines += ["", "Weightless's target is the project's acceptance criterion, against the same seed's Deep Compression "
                   "run: its largest layer at least 1.5x smaller, and a decoded test error no more than 0.05 points above "
@@ -240,10 +259,11 @@ def write_table(model: str, seeds: tuple[int, ...]) -> dict:
     reencoded = {m: reencodes_identically(_common.RESULTS / f"reproduce-{model}-{m}.wcz") for m in reused}
     if not all(reencoded.values()):
         raise SystemExit(f"a reused seed-0 file is not what this code writes ({reencoded}): rerun it with --seeds 0")
+    matches = seed0_matches_committed(model)
     result = {"model": model, "seeds": list(seeds), "methods": methods, "seed0_reencoded_identically": reencoded,
-              "machine": machine}  # fmt: skip
+              "seed0_rerun_identical_to_committed": matches, "machine": machine}  # fmt: skip
     (_common.RESULTS / f"seeds-{model}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (_common.RESULTS / f"seeds-{model}.md").write_text(markdown(model, methods, machine))
+    (_common.RESULTS / f"seeds-{model}.md").write_text(markdown(model, methods, machine, matches))
     return result
 
 

@@ -11,8 +11,9 @@ The classes are stored (``rows * log2(R) + cols * log2(C)`` bits before entropy 
 the decoder knows every entry's context from its position alone and needs no adaptation.
 
 This is the order-0 analogue of DeepCABAC's neighbourhood contexts (Wiegand et al., 2019),
-which adapt to the same spread as they go: on MiniLM's clustered matrices the classes take the
-codes 1 % below their order-0 entropy (``benchmarks/results/lossless-minilm.md``).
+which adapt to the same spread as they go: on MiniLM's k-means-clustered matrices the classes
+take the whole file 1.5 % below the order-0 entropy of the codes alone
+(``benchmarks/results/lossless-minilm.md``).
 
 Section ``classes``::
 
