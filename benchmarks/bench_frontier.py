@@ -27,7 +27,6 @@ import math
 from pathlib import Path
 
 import _common
-import numpy as np
 import torch
 
 from weightcodec import container

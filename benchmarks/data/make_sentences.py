@@ -12,7 +12,6 @@ set). The docstrings are (c) the Python Software Foundation, PSF License v2.
 
 import ast
 import hashlib
-import os
 import random
 import re
 import sys
