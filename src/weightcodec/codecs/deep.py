@@ -323,9 +323,18 @@ def _useful_widths(widths: range, positions: np.ndarray) -> range:
     width, and the narrowest wins the tie, so trying them would only cost time (a dense
     tensor needs one try, not twelve).
     """
-    largest_gap = int(np.diff(positions, prepend=-1).max()) if len(positions) else 1
-    enough = max(1, (largest_gap - 1).bit_length())  # 2**b >= largest_gap
+    if len(widths) == 1:
+        return widths
+    enough = max(1, (_largest_gap(positions) - 1).bit_length())  # 2**b >= the largest gap
     return range(widths.start, max(widths.start, min(widths.stop - 1, enough)) + 1)
+
+
+def _largest_gap(positions: np.ndarray) -> int:
+    """The largest distance between consecutive positions (the first from -1), in chunks: no array of all gaps."""
+    largest = int(positions[0]) + 1 if len(positions) else 1
+    for start in range(0, len(positions) - 1, DECODE_CHUNK):
+        largest = max(largest, int(np.diff(positions[start : start + DECODE_CHUNK + 1]).max()))
+    return largest
 
 
 def _encode_streams(
