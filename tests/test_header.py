@@ -31,6 +31,20 @@ def test_a_version_1_0_file_still_reads_exactly():
     assert codecs == {("raw", None), ("deep", None), ("weightless", "bloomier"), ("weightless", "ribbon"), ("weightless", "fuse")}
 
 
+def test_a_2_0_file_with_deep_context_classes_still_reads_exactly():
+    # written when the deep codec's optional "classes" section was added (dense ANS and sparse Huffman)
+    data = (FIXTURES / "deep-classes-2.0.wcz").read_bytes()
+    assert struct.unpack_from("<HH", data, 8) == (2, 0)
+    state = weightcodec.load(FIXTURES / "deep-classes-2.0.wcz")
+    expected = tensors.load_state_dict(FIXTURES / "deep-classes-2.0.safetensors")
+    assert sorted(state) == sorted(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(state[name], tensor), name
+    records = container.read(FIXTURES / "deep-classes-2.0.wcz").records
+    assert [list(r.encoded.sections) for r in records] == [["codebook", "gaps", "classes", "codes"]] * 2
+    assert {r.encoded.meta["entropy"] for r in records} == {"ans", "huffman"}
+
+
 def test_a_1_0_file_rewritten_is_2_0_with_the_same_records():
     old = container.read(FIXTURES / "format-1.0.wcz")
     data = container.to_bytes(old.records, old.metadata)
