@@ -46,12 +46,11 @@ from bench_real_model import NNCODEC_PYTHON, THREAD_VARIABLES, _seconds, _yes
 
 from weightcodec import container, encode_exact, load
 from weightcodec.api import compressible_names
-from weightcodec.codecs import deep
 from weightcodec.codecs.huffman import counts_entropy_bits
 from weightcodec.pipelines.data import cache_dir
 from weightcodec.pipelines.pretrained import minilm_dir
 from weightcodec.simplify.cluster import quantize
-from weightcodec.tensors import encode_tensor, load_state_dict, save_state_dict
+from weightcodec.tensors import encode_deep_smallest, load_state_dict, save_state_dict
 
 HERE = Path(__file__).resolve().parent
 # 32: the first trial's setting. K = 256 (the most the deep codec takes) was tried too: NNCodec's
@@ -86,8 +85,7 @@ def ours(clustered: dict[str, torch.Tensor], path: Path) -> dict:
 
 def without_classes(clustered: dict[str, torch.Tensor]) -> int:
     """Bytes of the same file with one model per stream (the deep codec's smaller of Huffman and ANS, no classes)."""
-    records = [min((encode_tensor(name, tensor, deep.NAME, entropy=coder) for coder in deep.ENTROPY_CODERS),
-                   key=lambda record: record.nbytes) for name, tensor in clustered.items()]  # fmt: skip
+    records = [encode_deep_smallest(name, tensor) for name, tensor in clustered.items()]
     return len(container.to_bytes(records, {}))
 
 

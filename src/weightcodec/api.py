@@ -460,10 +460,7 @@ def _encode(name: str, tensor: torch.Tensor, step: Step | None, seed: int) -> co
     if step.rule.method in SEEDED_CODECS:
         params["seed"] = seed
     if step.rule.method == deep.NAME and params.get("entropy", AUTO_ENTROPY) == AUTO_ENTROPY:
-        candidates = [
-            tensors.encode_tensor(name, tensor, deep.NAME, **{**params, "entropy": coder}) for coder in deep.ENTROPY_CODERS
-        ]
-        return min(candidates, key=lambda record: record.nbytes)  # ties: the first coder (Huffman, the paper's)
+        return tensors.encode_deep_smallest(name, tensor, **params)
     return tensors.encode_tensor(name, tensor, step.rule.method, **params)
 
 

@@ -68,8 +68,5 @@ def _smallest_exact(name: str, tensor: torch.Tensor) -> container.TensorRecord:
             if step is not None:
                 candidates.append(tensors.encode_tensor(name, tensor, uniform.NAME, step=step))
             if np.unique(values[values != 0]).size <= deep.MAX_CLUSTERS:
-                candidates += [
-                    tensors.encode_tensor(name, tensor, deep.NAME, entropy=coder, contexts=True)
-                    for coder in deep.ENTROPY_CODERS
-                ]
+                candidates.append(tensors.encode_deep_smallest(name, tensor, contexts=True))
     return min(candidates, key=lambda record: record.nbytes)  # ties: raw first, then uniform

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import container
-from .codecs import alias, get_codec, raw
+from .codecs import alias, deep, get_codec, raw
 from .errors import EncodeError, WeightcodecError
 
 __all__ = [
@@ -99,6 +99,12 @@ def encode_tensor(name: str, tensor: torch.Tensor, codec: str = "raw", **params)
         except EncodeError as exc:
             raise EncodeError(f"{name}: {exc}") from None
     return container.TensorRecord(name, dtype, tuple(tensor.shape), encoded)
+
+
+def encode_deep_smallest(name: str, tensor: torch.Tensor, **params) -> container.TensorRecord:
+    """The deep codec's record with whichever entropy coder gives the fewest bytes (ties: Huffman, the paper's)."""
+    records = (encode_tensor(name, tensor, deep.NAME, **{**params, "entropy": coder}) for coder in deep.ENTROPY_CODERS)
+    return min(records, key=lambda record: record.nbytes)
 
 
 def encode_alias(name: str, tensor: torch.Tensor, target_name: str) -> container.TensorRecord:

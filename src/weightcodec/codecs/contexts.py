@@ -66,8 +66,11 @@ def quantile_classes(strength: np.ndarray, n: int) -> np.ndarray:
 
 def contexts_of(positions: np.ndarray, classes: Classes) -> np.ndarray:
     """Context of each flat position (int64): its row's class times C plus its column's class."""
-    cols = len(classes.cols)
-    return classes.rows[positions // cols].astype(np.int64) * classes.col_classes + classes.cols[positions % cols]
+    return _context(*np.divmod(positions, len(classes.cols)), classes)
+
+
+def _context(row: np.ndarray, col: np.ndarray, classes: Classes) -> np.ndarray:
+    return classes.rows[row].astype(np.int64) * classes.col_classes + classes.cols[col]
 
 
 def choose_classes(matrix: np.ndarray, codes: np.ndarray, positions: np.ndarray) -> Classes | None:
@@ -79,9 +82,10 @@ def choose_classes(matrix: np.ndarray, codes: np.ndarray, positions: np.ndarray)
     """
     row_strength, col_strength = np.abs(matrix).mean(axis=1), np.abs(matrix).mean(axis=0)
     alphabet = int(codes.max()) + 1 if len(codes) else 1
+    row, col = np.divmod(positions, matrix.shape[1])  # once for every candidate
 
     def estimate(classes: Classes) -> float:
-        ctx = contexts_of(positions, classes)
+        ctx = _context(row, col, classes)
         counts = np.bincount(ctx * alphabet + codes, minlength=classes.row_classes * classes.col_classes * alphabet)
         per_context = counts.reshape(-1, alphabet)
         bits = sum(counts_entropy_bits(c) for c in per_context)

@@ -20,8 +20,8 @@ An entry is one non-zero weight or one filler. Fillers and the gap convention ar
 ``entries * (H(gap) + H(code))`` bits plus the tables and the codebook: :func:`describe`
 reports it against that bound. With ``contexts=True`` the codes may instead be split by the
 row and column classes of :mod:`~weightcodec.codecs.contexts` (a fourth section, ``classes``),
-one model per class pair, which takes a dense trained matrix below that bound. Zeros, +0.0 and -0.0 alike, are the pruned positions and
-decode as +0.0; every other value is restored bit for bit. Byte layouts: ``docs/codecs/deep.md``.
+one model per class pair, which takes a dense trained matrix below that bound. Zeros, +0.0 and
+-0.0 alike, are the pruned positions and decode as +0.0; every other value is restored bit for bit. Byte layouts: ``docs/codecs/deep.md``.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ class EntropyCoder(NamedTuple):
     ``encode(symbols) -> bytes`` must be deterministic. ``reader(data, count)`` checks the
     stream's table and returns an object whose ``read(n)`` gives the next ``n`` ints (int64)
     and whose ``close()`` checks that the stream ends exactly after ``count`` of them, and
-    which counts the symbols still to read in ``left``; both raise :class:`~weightcodec.errors.CorruptFileError` for a damaged stream. Decoding in
-    chunks keeps memory bounded whatever ``count`` claims. Adding a coder is one entry in
+    which counts the symbols still to read in ``left``; both raise
+    :class:`~weightcodec.errors.CorruptFileError` for a damaged stream. Decoding in chunks keeps memory bounded whatever ``count`` claims. Adding a coder is one entry in
     :data:`ENTROPY_CODERS`; its name is stored in ``meta``.
     """
 
@@ -194,7 +194,7 @@ def encode(array: np.ndarray, *, index_bits: int | str = "auto", entropy: str = 
     sections = {"codebook": codebook.astype(CENTROID_DTYPE).tobytes(), "gaps": best.gaps, "codes": best.codes}
     if contexts:
         sections.update(_codes_by_context(array, codes, positions, len(codebook), best, coder))
-    return Encoded(NAME, meta, {name: sections[name] for name in (SECTIONS_WITH_CLASSES if "classes" in sections else SECTIONS)})
+    return Encoded(NAME, meta, {name: sections[name] for name in _layout(sections)})
 
 
 def decode(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...]) -> np.ndarray:
@@ -291,7 +291,7 @@ def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...
         "value_bits_fixed": math.ceil(math.log2(clusters + 1)),
         "bits_per_code": per(BITS_PER_BYTE * len(sections["codes"]), entries),
         "bits_per_gap": per(BITS_PER_BYTE * len(sections["gaps"]), entries),
-        **size_figures(sections, SECTIONS_WITH_CLASSES if "classes" in sections else SECTIONS, bound, nonzero),
+        **size_figures(sections, _layout(sections), bound, nonzero),
     }
 
 
@@ -361,6 +361,11 @@ def _codes_by_context(
     return split if len(split["classes"]) + len(split["codes"]) < len(best.codes) else {}
 
 
+def _layout(sections: Mapping[str, bytes]) -> tuple[str, ...]:
+    """The section names, in order, of a tensor with (or without) a ``classes`` section."""
+    return SECTIONS_WITH_CLASSES if "classes" in sections else SECTIONS
+
+
 def _entropy_coder(name: str, error: type[Exception]) -> EntropyCoder:
     try:
         return ENTROPY_CODERS[name]
@@ -375,7 +380,7 @@ def _entropy_coder(name: str, error: type[Exception]) -> EntropyCoder:
 
 def _read_params(meta: Mapping, sections: Mapping[str, bytes], size: int) -> tuple[np.ndarray, int, EntropyCoder]:
     """The checked codebook, index width and entropy coder of a stored tensor of ``size`` elements."""
-    check_sections(sections, SECTIONS_WITH_CLASSES if "classes" in sections else SECTIONS, NAME)
+    check_sections(sections, _layout(sections), NAME)
     index_bits = meta_int(meta, "index_bits", 1, MAX_INDEX_BITS, NAME)
     meta_int(meta, "entries", 0, size, NAME)
     coder = _entropy_coder(meta_str(meta, "entropy", NAME), FormatError)
@@ -396,8 +401,10 @@ def _scan(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...], 
     if "classes" in sections:
         classes = ctx.read_classes(bytes(sections["classes"]), *matrix_shape(shape), coder.reader)
         codes = ctx.ContextReader(bytes(sections["codes"]), classes, entries, coder.reader)
+        read_codes = codes.read  # by the entries' positions: they give each one's context
     else:
         codes = coder.reader(bytes(sections["codes"]), entries)
+        read_codes = lambda ends: codes.read(len(ends))  # noqa: E731
     gap_counts = np.zeros(span, dtype=np.int64)
     code_counts = np.zeros(clusters + 1, dtype=np.int64)
     position, last_is_filler = -1, False
@@ -409,7 +416,7 @@ def _scan(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...], 
         ends = position + np.cumsum(gap + 1)  # int64: entries * 2**16 <= 2**56 cannot overflow
         if ends[-1] >= size:
             raise CorruptFileError(f"deep gaps reach flat position {int(ends[-1])}; the tensor has {size} elements")
-        code = codes.read(ends) if "classes" in sections else codes.read(n)
+        code = read_codes(ends)
         if code.min() < 0 or code.max() > clusters:
             raise CorruptFileError(f"deep codes stream holds codes outside 0..{clusters} (filler = {clusters})")
         is_filler = code == clusters
