@@ -27,7 +27,7 @@ import numpy as np
 from _common import RESULTS, machine, machine_line
 
 import weightcodec
-from weightcodec import container, tensors
+from weightcodec import container, state_files
 from weightcodec.codecs import cabac, uniform
 from weightcodec.codecs.ans import ans_encode
 
@@ -51,7 +51,7 @@ def context_gain(path: Path) -> dict:
 
 
 def run(model: Path, ratios: list[float]) -> list[dict]:
-    state = tensors.load_state_dict(model)
+    state = state_files.load_state_dict(model)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for ratio in ratios:

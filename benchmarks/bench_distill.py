@@ -43,7 +43,7 @@ from bench_real_model import Judge, read_sentences
 
 import weightcodec
 from weightcodec import recipe as recipes
-from weightcodec import tensors
+from weightcodec import state_files
 from weightcodec.pipelines.data import cache_dir
 from weightcodec.pipelines.pretrained import MINILM, minilm_dir, tokenize
 
@@ -94,7 +94,7 @@ def run(work: Path, previous: dict) -> None:
     logging.getLogger("minilm_distill").addHandler(log)
     logging.getLogger("minilm_distill").setLevel(logging.INFO)
     training = minilm_distill.training_sentences(minilm_distill.evaluation_sentences())
-    state = tensors.load_state_dict(original)
+    state = state_files.load_state_dict(original)
     kept = {name: row for name, row in previous.get("rows", {}).items()
             if (work / row["file"]).is_file() and hashlib.sha256((work / row["file"]).read_bytes()).hexdigest() == row["sha256"]}
     rows = {}

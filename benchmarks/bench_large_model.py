@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from _common import machine, machine_line, write_results
 
-from weightcodec import tensors
+from weightcodec import state_files
 
 GIB = 1 << 30
 TARGET_PEAK_GIB = 1.5
@@ -77,7 +77,9 @@ def main() -> None:
     try:
         source = folder / "m.safetensors"
         specs = {f"layer{i}.weight": torch.empty(args.rows, args.cols, device="meta") for i in range(args.layers)}
-        tensors.write_state_dict(source, specs, lambda names: (make_layer(args.rows, args.cols, i) for i in range(len(names))))
+        with state_files.write_state_dict(source, specs) as writer:
+            for i, name in enumerate(specs):
+                writer.fill(name, lambda target, i=i: target.copy_(make_layer(args.rows, args.cols, i)))
         model_bytes = source.stat().st_size
         runs = {}
         for jobs in (1, 2):

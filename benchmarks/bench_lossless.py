@@ -50,7 +50,8 @@ from weightcodec.codecs.huffman import counts_entropy_bits
 from weightcodec.pipelines.data import cache_dir
 from weightcodec.pipelines.pretrained import minilm_dir
 from weightcodec.simplify.cluster import quantize
-from weightcodec.tensors import encode_deep_smallest, load_state_dict, save_state_dict
+from weightcodec.state_files import load_state_dict, save_state_dict
+from weightcodec.tensors import encode_deep_smallest
 
 HERE = Path(__file__).resolve().parent
 # 32: the first trial's setting. K = 256 (the most the deep codec takes) was tried too: NNCodec's

@@ -65,7 +65,7 @@ import torch
 from _common import RESULTS, machine, machine_line, timed, write_results
 
 import weightcodec
-from weightcodec import api, container, tensors
+from weightcodec import api, container, state_files, tensors
 from weightcodec.codecs import deep, uniform
 from weightcodec.pipelines.data import cache_dir
 from weightcodec.pipelines.pretrained import MAX_TOKENS, MINILM, load_minilm, minilm_dir, sentence_embeddings
@@ -171,7 +171,7 @@ def held_out_check(comparison: list[dict], judge: Judge, state: dict[str, torch.
     for row in comparison:
         qp = row["nncodec"]["qp"]
         row["ours_held_out"] = judge.fidelity(weightcodec.load(work / f"ours-qp{qp}.wcz"))
-        row["nncodec_held_out"] = judge.fidelity({**state, **tensors.load_state_dict(work / "nncodec" / f"qp{qp}.safetensors")})
+        row["nncodec_held_out"] = judge.fidelity({**state, **state_files.load_state_dict(work / "nncodec" / f"qp{qp}.safetensors")})
         row["held_out_fidelity_holds"] = all(row["ours_held_out"][k] >= row["nncodec_held_out"][k] for k in FIDELITY)
 
 
@@ -248,7 +248,7 @@ class NNCodec:
 
     def _measure(self, qp: int) -> None:
         run = json.loads((self.out / f"qp{qp}.json").read_text())
-        restored = tensors.load_state_dict(self.out / f"qp{qp}.safetensors")
+        restored = state_files.load_state_dict(self.out / f"qp{qp}.safetensors")
         self.points[qp] = {"method": "NNCodec", "setting": f"QP {qp}", "qp": qp, "bitstream_bytes": run["bytes"],
                            "bytes": run["bytes"] + _int_bytes(self.state), "encode_seconds": run["encode_seconds"],
                            "encode_cpu_seconds": run["encode_cpu_seconds"],
@@ -266,7 +266,7 @@ def lossless_on_nncodec(point: dict, state: dict[str, torch.Tensor], work: Path)
     quantizes uniformly), else the deep codec with ANS
     when it has at most 256 distinct values (kept as they are), else raw. Everything else raw.
     """
-    restored = tensors.load_state_dict(work / "nncodec" / f"qp{point['qp']}.safetensors")  # as NNCodec.point wrote it
+    restored = state_files.load_state_dict(work / "nncodec" / f"qp{point['qp']}.safetensors")  # as NNCodec.point wrote it
     full = {**state, **restored}
     compressed = set(compressed_names(full))
     records = [_exact_record(name, tensor) if name in compressed else tensors.encode_tensor(name, tensor)
@@ -447,7 +447,7 @@ def main() -> None:
         return
     folder = minilm_dir()
     model_path = folder / "model.safetensors"
-    state = tensors.load_state_dict(model_path)
+    state = state_files.load_state_dict(model_path)
     work = cache_dir() / "bench-real-model"
     work.mkdir(parents=True, exist_ok=True)
     sentences = read_sentences()

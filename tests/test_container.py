@@ -210,3 +210,24 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "f.wcz").stat().st_mode) == 0o644
+
+
+def test_decode_into_out_writes_in_place_copies_for_other_codecs_and_refuses_raw():
+    from weightcodec.codecs import deep, weightless
+
+    rng = np.random.default_rng(0)
+    layer = np.where(rng.random((8, 8)) < 0.3, rng.choice([-0.5, 0.25, 1.0], (8, 8)), 0).astype(np.float32)
+    records = [
+        container.TensorRecord("wl", "float32", (8, 8), weightless.encode(layer, t=8)),  # has decode_into
+        container.TensorRecord("dp", "float32", (8, 8), deep.encode(layer)),  # has not: decoded, then copied
+        container.TensorRecord("ids", "int64", (3,), raw.encode(np.arange(3))),
+    ]
+    wcz = container.from_bytes(container.to_bytes(records))
+    for name in ("wl", "dp"):
+        out = np.full((8, 8), np.nan, np.float32)
+        assert wcz.decode(name, out=out) is out
+        np.testing.assert_array_equal(out, wcz.decode(name))
+    with pytest.raises(WeightcodecError, match="'ids' is raw int64: it decodes to its own bytes, not into out"):
+        wcz.decode("ids", out=np.zeros(3, np.float32))
+    with pytest.raises(WeightcodecError, match=r"out for tensor 'dp' must be .* of shape \[8, 8\], got float32 \[64\]"):
+        wcz.decode("dp", out=np.zeros(64, np.float32))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import weightcodec
-from weightcodec import container, header, tensors
+from weightcodec import container, header, state_files
 from weightcodec.errors import CorruptFileError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -23,7 +23,7 @@ def test_a_version_1_0_file_still_reads_exactly():
     data = (FIXTURES / "format-1.0.wcz").read_bytes()
     assert struct.unpack_from("<HH", data, 8) == (1, 0)
     state = weightcodec.load(FIXTURES / "format-1.0.wcz")
-    expected = tensors.load_state_dict(FIXTURES / "format-1.0.safetensors")
+    expected = state_files.load_state_dict(FIXTURES / "format-1.0.safetensors")
     assert sorted(state) == sorted(expected)  # safetensors sorts its keys
     for name, tensor in expected.items():
         assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor), name
@@ -36,7 +36,7 @@ def test_a_2_0_file_with_deep_context_classes_still_reads_exactly():
     data = (FIXTURES / "deep-classes-2.0.wcz").read_bytes()
     assert struct.unpack_from("<HH", data, 8) == (2, 0)
     state = weightcodec.load(FIXTURES / "deep-classes-2.0.wcz")
-    expected = tensors.load_state_dict(FIXTURES / "deep-classes-2.0.safetensors")
+    expected = state_files.load_state_dict(FIXTURES / "deep-classes-2.0.safetensors")
     assert sorted(state) == sorted(expected)
     for name, tensor in expected.items():
         assert torch.equal(state[name], tensor), name

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import weightcodec
-from weightcodec import container, tensors
+from weightcodec import container, state_files, tensors
 from weightcodec.codecs import alias
 
 DEEP = {"rule": [{"match": "*", "method": "deep", "clusters": 16}]}
@@ -79,8 +79,8 @@ def test_decoded_tied_weights_save_as_a_state_dict_file(tmp_path, suffix):
     model = TiedLanguageModel()
     decoded = weightcodec.load_bytes(weightcodec.compress(model, DEEP))
     target = tmp_path / f"restored{suffix}"
-    tensors.save_state_dict(decoded, target)
-    again = tensors.load_state_dict(target)
+    state_files.save_state_dict(decoded, target)
+    again = state_files.load_state_dict(target)
     assert sorted(again) == sorted(decoded)
     assert all(torch.equal(again[name], decoded[name]) for name in decoded)
 
@@ -117,7 +117,7 @@ def test_decoded_safetensors_loads_with_transformers_from_pretrained(tmp_path, t
     copy = tmp_path / "copy"
     shutil.copytree(original, copy)
     decoded = weightcodec.load(encoded)
-    tensors.save_state_dict(decoded, copy / "model.safetensors")
+    state_files.save_state_dict(decoded, copy / "model.safetensors")
 
     loaded = transformers.BertForMaskedLM.from_pretrained(copy, local_files_only=True).eval()
     loaded_state = loaded.state_dict()

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, container, distributed, tensors
+from . import __version__, container, distributed, state_files, tensors
 from .codecs import deep
 from .codecs.parallel import ordered_map
 from .errors import EncodeError, WeightcodecError
@@ -368,7 +368,7 @@ def _refuse_auto(recipe: Recipe) -> None:
 
 
 def compress_file(
-    source: str | os.PathLike | tensors.StateDictFile,
+    source: str | os.PathLike | state_files.StateDictFile,
     recipe: Recipe | Mapping | str | os.PathLike | None,
     path: str | os.PathLike,
     *,
@@ -380,7 +380,7 @@ def compress_file(
 
     The file written is the one :func:`compress` writes for the same state_dict, recipe and
     seed, but the model is never held whole: one pass reads each tensor once (memory-mapped, see
-    :class:`~weightcodec.tensors.StateDictFile`), checks, simplifies and encodes it and streams
+    :class:`~weightcodec.state_files.StateDictFile`), checks, simplifies and encodes it and streams
     its sections to the file (:func:`weightcodec.container.write`) before the next is read.
     Peak memory is that of about ``jobs`` tensors, whatever the model's size. Once a tensor
     fails its checks the later ones are only checked, and every offender is reported at the end.
@@ -417,7 +417,7 @@ def compress_file(
             f"the recipe's training hook {recipe.hook!r} needs a model; use weightcodec.compress(model, ...)"
         )
     container.check_writable(path)
-    source = source if isinstance(source, tensors.StateDictFile) else tensors.StateDictFile(source)
+    source = source if isinstance(source, state_files.StateDictFile) else state_files.StateDictFile(source)
     rules = recipe.assign(compressible_names(source.specs))
     problems: list[str] = []  # in file order; once one is found the rest are only checked
 
@@ -499,11 +499,13 @@ def decompress_file(
 ) -> None:
     """Decode a ``.wcz`` file into a state_dict file (``.safetensors``, ``.pt``, ``.pth``), atomically.
 
-    A ``.safetensors`` file is written tensor by tensor, so peak memory is that of about
-    ``jobs`` decoded tensors, and only the ``jobs`` largest tensors are checked against the
-    memory budget ``max_bytes``; ``.pt`` needs every tensor at once (``torch.save``), so the
-    whole file is checked, as :func:`load` does. Same bytes as saving :func:`load`'s state_dict
-    with :func:`weightcodec.tensors.save_state_dict`, whatever ``jobs``.
+    Each tensor is decoded straight into its bytes in the new file, mapped into memory
+    (:func:`weightcodec.state_files.write_state_dict`; the weightless codec writes there
+    directly, others through one decoded copy), so whatever the format peak memory is that of
+    about ``jobs`` decoded tensors, and only the ``jobs`` largest tensors are checked against
+    the memory budget ``max_bytes``. The file holds :func:`load`'s tensors (raw tensors bit for
+    bit), and its bytes do not depend on ``jobs``; a ``.safetensors`` file has the bytes of
+    :func:`weightcodec.state_files.save_state_dict` of :func:`load`'s state_dict.
 
     Raises
     ------
@@ -513,23 +515,19 @@ def decompress_file(
     container.check_writable(path)
     wcz = container.read(wcz_path)
     records = {rec.name: rec for rec in wcz.records}
-    held_together = list(records.values())
-    if Path(path).suffix == ".safetensors":
-        held_together = sorted(held_together, key=container.decoded_nbytes, reverse=True)[: max(jobs, 1)]
-    container.check_budget(held_together, max_bytes)
+    container.check_budget(sorted(records.values(), key=container.decoded_nbytes, reverse=True)[: max(jobs, 1)], max_bytes)
     specs = {
         name: torch.empty(rec.shape, dtype=tensors.TORCH_DTYPES[rec.dtype], device="meta")
         for name, rec in records.items()
     }
+    with state_files.write_state_dict(path, specs) as writer:
 
-    def decode_one(name: str) -> torch.Tensor:
-        return tensors.numpy_to_tensor(wcz.decode(name), records[name].dtype)
+        def fill(name: str) -> None:
+            writer.fill(name, lambda target: tensors.decode_into(wcz, name, target))
 
-    def produce(names: list[str]):
-        decoded = ordered_map(decode_one, names, jobs)
-        return tqdm(decoded, desc="decoding", unit="tensor", total=len(names), disable=not progress)
-
-    tensors.write_state_dict(path, specs, produce)
+        for _ in tqdm(ordered_map(fill, list(records), jobs), desc="decoding", unit="tensor", total=len(records),
+                      disable=not progress):
+            pass
 
 
 def load_bytes(data: bytes, *, max_bytes: int | None = None) -> StateDict:
@@ -587,13 +585,13 @@ def load_model(
         return a module, ``weights`` is given with a state_dict file, or the weights do not fit.
     """
     spec = os.fspath(source)
-    if Path(spec).suffix in tensors.STATE_DICT_SUFFIXES or Path(spec).exists() or ":" not in spec:
+    if Path(spec).suffix in state_files.STATE_DICT_SUFFIXES or Path(spec).exists() or ":" not in spec:
         if weights is not None:
             raise WeightcodecError(f"{spec} is a state_dict already; weights= only goes with a 'module:function' model")
-        return tensors.load_state_dict(spec)
+        return state_files.load_state_dict(spec)
     model = load_entry_point(spec, search=search, what="model")()
     if not isinstance(model, nn.Module):
         raise WeightcodecError(f"model {spec!r} returned {type(model).__name__}, expected a torch.nn.Module")
     if weights is not None:
-        _load_state(model, tensors.load_state_dict(weights), weights)
+        _load_state(model, state_files.load_state_dict(weights), weights)
     return model

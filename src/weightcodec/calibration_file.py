@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import save
 
-from . import container, tensors
+from . import container, state_files
 from .errors import EncodeError, WeightcodecError
 
 __all__ = ["save_calibration", "load_calibration"]
@@ -62,7 +62,7 @@ def load_calibration(path: str | os.PathLike) -> dict[str, np.ndarray]:
         If the file cannot be read as tensors by name, holds none, or holds non-numeric tensors.
     """
     try:
-        stored = tensors.load_state_dict(path)
+        stored = state_files.load_state_dict(path)
     except WeightcodecError as exc:
         raise EncodeError(f"calibration file: {exc}; write it with weightcodec.save_calibration") from None
     if not stored:

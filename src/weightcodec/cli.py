@@ -410,12 +410,12 @@ def _run_encode_to_size(args: argparse.Namespace, given: list[str]) -> None:
         raise WeightcodecError(f"--size / --ratio choose the codecs themselves; drop {', '.join(given)}")
     if args.size is not None and args.ratio is not None:
         raise WeightcodecError("give either --size or --ratio, not both")
-    from . import tensors
+    from . import state_files
     from .allocate import encode_to_size
     from .calibration_file import load_calibration
 
     calibration = load_calibration(args.calibrate) if args.calibrate is not None else None
-    state = tensors.load_state_dict(args.input)
+    state = state_files.load_state_dict(args.input)
     result = encode_to_size(state, args.output, size=args.size, ratio=args.ratio, calibration=calibration, seed=args.seed,
                             progress=not args.quiet)
     _say(f"wrote {args.output}: {result['file_bytes']} bytes (budget {result['budget']}), "

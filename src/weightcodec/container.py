@@ -100,8 +100,10 @@ class WczFile:
         """Refuse the file if decoding all its tensors would exceed ``max_bytes`` (see :func:`check_budget`)."""
         check_budget(self.records, max_bytes)
 
-    def decode(self, name: str, *, max_bytes: int | None = None) -> np.ndarray:
+    def decode(self, name: str, *, max_bytes: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Decode one tensor to a NumPy array (raw dtype for ``raw``, float32 otherwise).
+
+        ``out``, for a float32 tensor: where to write it (see :func:`decode_record`).
 
         Raises
         ------
@@ -112,9 +114,9 @@ class WczFile:
         """
         record = self.record(name)
         if record.encoded.codec == alias.NAME:
-            return self.decode(alias.target(record.encoded.meta), max_bytes=max_bytes)
+            return self.decode(alias.target(record.encoded.meta), max_bytes=max_bytes, out=out)
         check_budget([record], max_bytes)
-        return decode_record(record)
+        return decode_record(record, out)
 
     def describe(self, name: str, *, measure: bool = True) -> dict:
         """The codec's figures for ``inspect`` (its ``describe``); ``measure=False`` decodes nothing."""
@@ -140,17 +142,44 @@ class WczFile:
         return arrays
 
 
-def decode_record(record: TensorRecord) -> np.ndarray:
+def decode_record(record: TensorRecord, out: np.ndarray | None = None) -> np.ndarray:
     """Decode one record with its codec; any failure on its data is a :class:`CorruptFileError`.
 
+    With ``out`` (a writable C-contiguous float32 array of the tensor's shape, for a codec that
+    decodes to float32), the values are written there and ``out`` is returned: in place by a
+    codec with ``decode_into`` (no other array of the tensor's size), copied in otherwise.
     The caller bounds its memory first (:func:`check_budget`).
+
+    Raises
+    ------
+    WeightcodecError
+        If ``out`` is given for a ``raw`` tensor, or is not such an array.
     """
     encoded = record.encoded
     codec = get_codec(encoded.codec)
-    array = _codec_call(record, lambda: codec.decode(encoded.meta, encoded.sections, record.shape))
-    if tuple(array.shape) != record.shape:
-        raise CorruptFileError(f"tensor {record.name!r} decoded to shape {array.shape}, header says {record.shape}")
-    return array
+    if out is None:
+        array = _codec_call(record, lambda: codec.decode(encoded.meta, encoded.sections, record.shape))
+        if tuple(array.shape) != record.shape:
+            raise CorruptFileError(f"tensor {record.name!r} decoded to shape {array.shape}, header says {record.shape}")
+        return array
+    _check_out(record, out)
+    if not hasattr(codec, "decode_into"):
+        out[...] = decode_record(record)
+        return out
+    _codec_call(record, lambda: codec.decode_into(encoded.meta, encoded.sections, record.shape, out.reshape(-1)))
+    return out
+
+
+def _check_out(record: TensorRecord, out: np.ndarray) -> None:
+    """Refuse an ``out`` that :func:`decode_record` cannot write ``record`` into (a caller's mistake, not the file's)."""
+    if record.encoded.codec == raw.NAME:
+        raise WeightcodecError(f"tensor {record.name!r} is raw {record.dtype}: it decodes to its own bytes, not into out")
+    flags = out.flags
+    if out.dtype != np.float32 or tuple(out.shape) != record.shape or not flags.c_contiguous or not flags.writeable:
+        raise WeightcodecError(
+            f"out for tensor {record.name!r} must be a writable C-contiguous float32 array of shape "
+            f"{list(record.shape)}, got {out.dtype} {list(out.shape)}"
+        )
 
 
 def _codec_call(record: TensorRecord, call):
@@ -343,7 +372,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except OSError as exc:
         raise WeightcodecError(f"{path}: cannot write: {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "w+b") as fh:
             yield fh
         # mkstemp creates the file private (0600); give it the mode a plain open() would have
         umask = os.umask(0)

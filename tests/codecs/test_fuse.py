@@ -61,7 +61,7 @@ def test_determinism_order_independence_and_adapter_roundtrip(random_keys_values
     lut = np.zeros(256, np.float32)
     lut[:32] = np.arange(1, 33)
     meta = {"t": 8, "n": keys.size, **params}
-    dense = fuse_filter_decode(meta, table, lut, int(keys.max()) + 1)
+    dense = fuse_filter_decode(meta, table, lut, np.empty(int(keys.max()) + 1, np.float32))
     np.testing.assert_array_equal(dense[keys], values + 1)
 
 
@@ -70,7 +70,7 @@ def test_empty_table():
     assert params == {"m": 0, "segment": 0, "seed": 0} and table == b""
     lut = np.zeros(256, np.float32)
     lut[:32] = 1
-    out = fuse_filter_decode({"t": 8, "n": 0, **params}, table, lut, 100_000)
+    out = fuse_filter_decode({"t": 8, "n": 0, **params}, table, lut, np.empty(100_000, np.float32))
     assert abs(out.mean() - 32 / 256) < 0.01  # positions read their masks: uniform values
 
 
@@ -90,14 +90,14 @@ def test_hostile_meta_is_rejected(change, match, random_keys_values):
     params, table = fuse_filter_build(keys, values, t=4, seed=0)
     meta = {"t": 4, "n": 100, **params, **change}
     with pytest.raises(CorruptFileError, match=match):
-        fuse_filter_decode(meta, table, np.zeros(16, np.float32), 10)
+        fuse_filter_decode(meta, table, np.zeros(16, np.float32), np.empty(10, np.float32))
 
 
 def test_truncated_table_is_rejected(random_keys_values):
     keys, values = random_keys_values(100, 4, np.random.default_rng(0))
     params, table = fuse_filter_build(keys, values, t=4, seed=0)
     with pytest.raises(CorruptFileError, match="holds"):
-        fuse_filter_decode({"t": 4, "n": 100, **params}, table[:-1], np.zeros(16, np.float32), 10)
+        fuse_filter_decode({"t": 4, "n": 100, **params}, table[:-1], np.zeros(16, np.float32), np.empty(10, np.float32))
 
 
 def test_exhausted_tries_raise(monkeypatch):

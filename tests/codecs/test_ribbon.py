@@ -183,9 +183,9 @@ def test_filter_adapter_roundtrip_and_meta_check():
     assert params == {"seed": 3, "m": 128}
     lut = np.arange(16, dtype=np.float32)
     meta = {"t": 4, **params}
-    np.testing.assert_array_equal(ribbon_filter_decode(meta, table, lut, 41)[keys], [1, 0, 3])
+    np.testing.assert_array_equal(ribbon_filter_decode(meta, table, lut, np.empty(41, np.float32))[keys], [1, 0, 3])
     with pytest.raises(CorruptFileError, match="says seed=4 but its ribbon table has seed=3"):
-        ribbon_filter_decode({**meta, "seed": 4}, table, lut, 41)
+        ribbon_filter_decode({**meta, "seed": 4}, table, lut, np.empty(41, np.float32))
 
 
 # --- errors at the public boundary ------------------------------------------------------------

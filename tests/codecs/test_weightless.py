@@ -13,6 +13,7 @@ from weightcodec.codecs.weightless import (
     FILTER_CHOICES,
     FILTERS,
     decode,
+    decode_into,
     describe,
     encode,
     expected_false_positives,
@@ -58,6 +59,9 @@ def test_round_trip_keeps_every_non_zero_and_only_adds_centroids(filter, case):
     assert e.meta["filter"] in FILTERS and e.meta["filter"] == filter or filter == "auto"
     if e.meta["filter"] != "ribbon":  # m cells of t bits (ribbon's m counts rows of a self-describing table)
         assert len(e.sections["table"]) == math.ceil(e.meta["m"] * t / 8)
+    into = np.full(layer.size, np.nan, np.float32)  # decode_into writes every element, in place
+    assert decode_into(e.meta, e.sections, layer.shape, into) is into
+    np.testing.assert_array_equal(into.reshape(layer.shape), out)
 
 
 @pytest.mark.parametrize("clusters, t", [(16, 8), (16, 12), (200, 8), (3, 16)])
@@ -282,6 +286,15 @@ def test_decode_rejects_nonzero_padding():
     table[-1] |= 0x80
     with pytest.raises(CorruptFileError, match="padding"):
         decode(e.meta, {**e.sections, "table": bytes(table)}, layer.shape)
+
+
+def test_decode_into_refuses_an_out_it_cannot_fill():
+    e, shape = good()
+    size = math.prod(shape)
+    for out in (np.zeros(size, np.float64), np.zeros(size + 1, np.float32), np.zeros(2 * size, np.float32)[::2],
+                np.zeros(size, np.float32).reshape(shape)):
+        with pytest.raises(ValueError, match=f"out must be a writable C-contiguous float32 array of {size} elements"):
+            decode_into(e.meta, e.sections, shape, out)
 
 
 def test_registered_and_checked_through_the_container():

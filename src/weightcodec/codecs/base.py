@@ -5,6 +5,9 @@ A codec is a module with
 * ``NAME``: its registry name, stored in the file;
 * ``encode(array, **params) -> Encoded``: ``array`` is a float32 NumPy array of any shape;
 * ``decode(meta, sections, shape) -> np.ndarray``: the inverse, returns float32 of ``shape``;
+* optionally ``decode_into(meta, sections, shape, out) -> out``: the same values written into
+  ``out``, a flat float32 array of the tensor's size, with no other array of that size (the
+  container hands it the mapped bytes of an output file; other codecs' results are copied in);
 * ``describe(meta, sections, shape, *, measure=True) -> dict``: figures for ``inspect`` (bits
   per non-zero, lower bound in bytes, ``nonzero``...), computed from the stored data alone;
   with ``measure=False`` the figures that need a decode are None and nothing is decoded.

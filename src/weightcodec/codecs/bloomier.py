@@ -71,7 +71,7 @@ import numpy as np
 
 from ..errors import CorruptFileError, EncodeError
 from .hashing import K_HASHES, MAX_SEGMENT, cells_and_mask_jit, hash_positions, seed_key
-from .retrieval import check_build_args, is_int
+from .retrieval import check_build_args, is_int, output_array
 
 __all__ = [
     "DEFAULT_RATIO",
@@ -494,7 +494,7 @@ def bloomier_query(table: BloomierTable, positions: np.ndarray) -> np.ndarray:
     return _query_kernel(*_kernel_args(table), positions, out)
 
 
-def bloomier_decode_layer(table: BloomierTable, lut: np.ndarray, size: int) -> np.ndarray:
+def bloomier_decode_layer(table: BloomierTable, lut: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """Query every position ``0..size-1`` and map each value through ``lut``, in one pass.
 
     This is the layer decoder: with ``lut[v] = centroid[v]`` for stored codes and 0 above
@@ -507,10 +507,13 @@ def bloomier_decode_layer(table: BloomierTable, lut: np.ndarray, size: int) -> n
         Output for each possible value.
     size : int
         Positions to decode.
+    out : numpy.ndarray of float32, shape (size,), optional
+        Where to write them (see :func:`~weightcodec.codecs.common.output_array`); default a new array.
 
     Returns
     -------
     numpy.ndarray of float32, shape (size,)
+        ``out``, or the new array.
 
     Examples
     --------
@@ -522,5 +525,4 @@ def bloomier_decode_layer(table: BloomierTable, lut: np.ndarray, size: int) -> n
     lut = np.ascontiguousarray(lut, dtype=np.float32)
     if lut.size != 2**table.t:
         raise ValueError(f"lut has {lut.size} entries; t={table.t} needs {2**table.t}")
-    out = np.empty(size, dtype=np.float32)
-    return _decode_kernel(*_kernel_args(table), lut, out)
+    return _decode_kernel(*_kernel_args(table), lut, output_array(size, out))

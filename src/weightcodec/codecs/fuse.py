@@ -62,7 +62,7 @@ import numpy as np
 from ..errors import CorruptFileError, EncodeError
 from .bloomier import assign_in_reverse, count_cells, pack_cells, peel, unpack_cells
 from .hashing import GAMMA, mix64, mix64_jit, seed_key
-from .retrieval import MAX_SEED, check_build_args
+from .retrieval import MAX_SEED, check_build_args, output_array
 
 __all__ = [
     "MAX_SEGMENT_LENGTH",
@@ -306,8 +306,10 @@ def fuse_query(table: FuseTable, positions: np.ndarray) -> np.ndarray:
     return _query_kernel(*_kernel_args(table), positions, out)
 
 
-def fuse_decode_layer(table: FuseTable, lut: np.ndarray, size: int) -> np.ndarray:
+def fuse_decode_layer(table: FuseTable, lut: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """Query every position ``0..size-1`` and map each value through ``lut`` (float32), in one pass.
+
+    Written into ``out`` if given (:func:`~weightcodec.codecs.common.output_array`), else a new array.
 
     Examples
     --------
@@ -319,8 +321,7 @@ def fuse_decode_layer(table: FuseTable, lut: np.ndarray, size: int) -> np.ndarra
     lut = np.ascontiguousarray(lut, dtype=np.float32)
     if lut.size != 2**table.t:
         raise CorruptFileError(f"lut has {lut.size} entries; t={table.t} needs {2**table.t}")
-    out = np.empty(int(size), dtype=np.float32)
-    return _decode_kernel(*_kernel_args(table), lut, out)
+    return _decode_kernel(*_kernel_args(table), lut, output_array(size, out))
 
 
 def fuse_filter_build(keys: np.ndarray, codes: np.ndarray, *, t: int, seed: int, ratio: float | None = None) -> tuple[dict, bytes]:
@@ -337,7 +338,7 @@ def fuse_filter_build(keys: np.ndarray, codes: np.ndarray, *, t: int, seed: int,
     return {"m": table.m, "segment": table.segment, "seed": table.seed}, pack_cells(table.cells, t)
 
 
-def fuse_filter_decode(meta: Mapping[str, Any], table: bytes, lut: np.ndarray, size: int) -> np.ndarray:
+def fuse_filter_decode(meta: Mapping[str, Any], table: bytes, lut: np.ndarray, out: np.ndarray) -> np.ndarray:
     """The weightless codec's ``Filter.decode``: check the layout in ``meta``, unpack, decode.
 
     Raises
@@ -368,7 +369,7 @@ def fuse_filter_decode(meta: Mapping[str, Any], table: bytes, lut: np.ndarray, s
             f"segment <= {MAX_SEGMENT_LENGTH}, m a multiple of it, at least 3 segments and n (0 and 0 for n = 0)"
         )
     cells = unpack_cells(table, m, t) if m else np.zeros(0, np.uint8 if t <= 8 else np.uint16)
-    return fuse_decode_layer(FuseTable(cells, t, seed, segment), lut, size)
+    return fuse_decode_layer(FuseTable(cells, t, seed, segment), lut, out.size, out)
 
 
 # numpy twin of the kernel's hash, for readers of the module docstring and tests

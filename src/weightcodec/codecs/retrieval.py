@@ -11,7 +11,8 @@ arguments, so they check them here, in one place, and refuse bad ones with the s
     seed    int, 0 .. 2**64 - 1                 (first hash seed of the retry sequence)
 
 Keys come back in ascending order (values reordered with them): a table then depends on the
-key *set* only, not on the order the caller listed it in.
+key *set* only, not on the order the caller listed it in. Each one's layer decoder writes a
+whole layer, into a new array or the caller's (:func:`output_array`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from ..errors import EncodeError
 from .hashing import MAX_T
 
-__all__ = ["MAX_KEY", "MAX_SEED", "check_build_args", "is_int"]
+__all__ = ["MAX_KEY", "MAX_SEED", "check_build_args", "is_int", "output_array"]
 
 # Positions are int64 >= 0. 2**62 is far above any layer (the container caps a tensor at
 # 2**40 elements) and keeps every key, and key + 1, clear of int64 overflow.
@@ -117,3 +118,32 @@ def check_build_args(
     if found:
         raise EncodeError(f"cannot build a {structure}: " + "; ".join(found))
     return keys.astype(np.int64), values.astype(np.uint16), int(t), int(seed)
+
+
+def output_array(size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """A new float32 array of ``size`` elements, or ``out`` after checking that it is one.
+
+    A layer decoder writes every element, so a caller can hand it memory that already holds
+    the layer's place (a mapped output file): no second array of the layer's size is made.
+
+    Raises
+    ------
+    ValueError
+        If ``out`` is not a writable, C-contiguous, one-dimensional float32 array of ``size`` elements.
+
+    Examples
+    --------
+    >>> output_array(3).shape
+    (3,)
+    >>> output_array(2, np.zeros(3, np.float32))
+    Traceback (most recent call last):
+    ValueError: out must be a writable C-contiguous float32 array of 2 elements, got float32 (3,)
+    """
+    if out is None:
+        return np.empty(int(size), dtype=np.float32)
+    flags = out.flags
+    if out.dtype != np.float32 or out.shape != (size,) or not flags.c_contiguous or not flags.writeable:
+        raise ValueError(
+            f"out must be a writable C-contiguous float32 array of {size} elements, got {out.dtype} {out.shape}"
+        )
+    return out

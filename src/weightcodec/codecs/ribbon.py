@@ -90,7 +90,7 @@ from numba.extending import intrinsic
 from ..errors import CorruptFileError, EncodeError
 from .hashing import GAMMA, MAX_T, mix64_jit, seed_key
 from .parallel import CHUNK, run_chunks
-from .retrieval import check_build_args
+from .retrieval import check_build_args, output_array
 
 __all__ = [
     "W",
@@ -636,7 +636,7 @@ def ribbon_query(table: bytes, params: Mapping[str, Any], positions: np.ndarray)
     return _lookup(parsed, positions, False, identity, out)
 
 
-def ribbon_decode_layer(table: bytes, lut: np.ndarray, size: int) -> np.ndarray:
+def ribbon_decode_layer(table: bytes, lut: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """Query every position ``0..size-1`` and map each value through ``lut``, in one parallel pass.
 
     The layer decoder of the weightless codec: with ``lut[v] = centroid[v]`` for stored codes
@@ -650,10 +650,13 @@ def ribbon_decode_layer(table: bytes, lut: np.ndarray, size: int) -> np.ndarray:
         Output for each possible value.
     size : int
         Positions to decode, ``>= 0``.
+    out : ndarray of float32, shape (size,), optional
+        Where to write them (see :func:`~weightcodec.codecs.common.output_array`); default a new array.
 
     Returns
     -------
     ndarray of float32, shape (size,)
+        ``out``, or the new array.
 
     Raises
     ------
@@ -674,8 +677,7 @@ def ribbon_decode_layer(table: bytes, lut: np.ndarray, size: int) -> np.ndarray:
     size = int(size)
     if size < 0:
         raise CorruptFileError(f"ribbon layer size {size} is negative")
-    out = np.empty(size, dtype=np.float32)
-    return _lookup(parsed, np.zeros(0, np.int64), True, lut, out)
+    return _lookup(parsed, np.zeros(0, np.int64), True, lut, output_array(size, out))
 
 
 def ribbon_filter_build(keys: np.ndarray, codes: np.ndarray, *, t: int, seed: int, ratio: float | None = None) -> tuple[dict, bytes]:
@@ -693,7 +695,7 @@ def ribbon_filter_build(keys: np.ndarray, codes: np.ndarray, *, t: int, seed: in
     return {"seed": params["seed"], "m": int(sum(m for m, _ in params["layers"]))}, table
 
 
-def ribbon_filter_decode(meta: Mapping[str, Any], table: bytes, lut: np.ndarray, size: int) -> np.ndarray:
+def ribbon_filter_decode(meta: Mapping[str, Any], table: bytes, lut: np.ndarray, out: np.ndarray) -> np.ndarray:
     """The weightless codec's ``Filter.decode``: check ``meta`` against the table, then decode.
 
     Raises
@@ -705,7 +707,7 @@ def ribbon_filter_decode(meta: Mapping[str, Any], table: bytes, lut: np.ndarray,
     for name, value in (("t", d["t"]), ("seed", d["seed"]), ("m", d["rows"] if d["layers"] else 0)):
         if name in meta and meta[name] != value:
             raise CorruptFileError(f"weightless tensor says {name}={meta[name]!r} but its ribbon table has {name}={value}")
-    return ribbon_decode_layer(table, lut, size)
+    return ribbon_decode_layer(table, lut, out.size, out)
 
 
 def ribbon_describe(table: bytes) -> dict[str, Any]:

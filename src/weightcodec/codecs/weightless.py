@@ -55,7 +55,7 @@ from .bloomier import (
 )
 from .fuse import fuse_filter_build, fuse_filter_decode, fuse_layout
 from .hashing import K_HASHES, MAX_SEGMENT, MAX_T
-from .retrieval import MAX_SEED
+from .retrieval import MAX_SEED, output_array
 from .ribbon import ribbon_filter_build, ribbon_filter_decode
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "DEFAULT_FILTER",
     "encode",
     "decode",
+    "decode_into",
     "describe",
     "expected_false_positives",
     "smallest_t",
@@ -83,15 +84,16 @@ class Filter(NamedTuple):
     ``build(keys, codes, *, t, seed, ratio) -> (params, table)`` stores ``codes`` (ints below
     ``2**t``) under ``keys`` (unique ascending int64 positions) and returns the JSON-able
     parameters it needs to read the table back (merged into the tensor's meta) and the
-    ``table`` section bytes; it must be deterministic. ``decode(meta, table, lut, size)``
-    queries positions ``0..size-1`` and returns float32 ``lut[value]`` for each, raising
+    ``table`` section bytes; it must be deterministic. ``decode(meta, table, lut, out)``
+    queries positions ``0..out.size-1`` and writes float32 ``lut[value]`` for each into
+    ``out`` (flat float32, see :func:`~weightcodec.codecs.retrieval.output_array`), raising
     :class:`~weightcodec.errors.CorruptFileError` for parameters or bytes it cannot trust.
     ``floor(n, t, ratio)``, if given, is a lower bound of the table bytes for ``n`` keys:
     ``"auto"`` does not build a filter whose floor is no smaller than the best table so far.
     """
 
     build: Callable[..., tuple[dict, bytes]]
-    decode: Callable[[Mapping, bytes, np.ndarray, int], np.ndarray]
+    decode: Callable[[Mapping, bytes, np.ndarray, np.ndarray], np.ndarray]
     floor: Callable[[int, int, float], int] | None = None
 
 
@@ -100,7 +102,7 @@ def _bloomier_build(keys: np.ndarray, codes: np.ndarray, *, t: int, seed: int, r
     return {"m": table.m, "k": K_HASHES, "seed": table.seed}, pack_cells(table.cells, t)
 
 
-def _bloomier_decode(meta: Mapping, table: bytes, lut: np.ndarray, size: int) -> np.ndarray:
+def _bloomier_decode(meta: Mapping, table: bytes, lut: np.ndarray, out: np.ndarray) -> np.ndarray:
     t, n = meta["t"], meta["n"]
     meta_int(meta, "k", K_HASHES, K_HASHES, NAME)
     m = meta_int(meta, "m", 0, K_HASHES * MAX_SEGMENT, NAME)
@@ -109,7 +111,7 @@ def _bloomier_decode(meta: Mapping, table: bytes, lut: np.ndarray, size: int) ->
         raise CorruptFileError(
             f"weightless tensor has m={m} cells for n={n} keys; expected 0 for 0 keys, else a multiple of 3 >= n"
         )
-    return bloomier_decode_layer(BloomierTable(unpack_cells(table, m, t), t, seed), lut, size)
+    return bloomier_decode_layer(BloomierTable(unpack_cells(table, m, t), t, seed), lut, out.size, out)
 
 
 def _cells_floor(cells: int, t: int) -> int:
@@ -247,11 +249,25 @@ def decode(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...])
     >>> decode(e.meta, e.sections, (3, 3)).diagonal().tolist()
     [1.0, 1.0, 1.0]
     """
-    size = math.prod(shape)
-    ops, codebook, t = _read_params(meta, sections, size)
+    return decode_into(meta, sections, shape, np.empty(math.prod(shape), dtype=np.float32)).reshape(shape)
+
+
+def decode_into(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...], out: np.ndarray) -> np.ndarray:
+    """:func:`decode`, written into ``out``: flat float32 of ``prod(shape)`` elements, returned.
+
+    No other array of the layer's size is made, so a caller that maps the bytes of an output
+    file writes the layer there directly (``weightcodec decode -o f.pt``).
+
+    Examples
+    --------
+    >>> e = encode(np.eye(2, dtype=np.float32), t=12)
+    >>> decode_into(e.meta, e.sections, (2, 2), np.zeros(4, np.float32)).tolist()
+    [1.0, 0.0, 0.0, 1.0]
+    """
+    ops, codebook, t = _read_params(meta, sections, math.prod(shape))
     lut = np.zeros(2**t, dtype=np.float32)  # codes K..2**t-1 read as "absent": a zero weight
     lut[: codebook.size] = codebook
-    return ops.decode(meta, bytes(sections["table"]), lut, size).reshape(shape)
+    return ops.decode(meta, bytes(sections["table"]), lut, output_array(math.prod(shape), out))
 
 
 def describe(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...], *, measure: bool = True) -> dict:
