@@ -2,8 +2,10 @@
 time, compress_file / decompress_file, and --jobs. Each is checked byte for byte against the
 in-memory path; memory is measured in a subprocess."""
 
+import errno
 import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -131,6 +133,19 @@ def test_a_tensor_left_unfilled_or_a_failed_fill_leaves_nothing(tmp_path):
         with state_files.write_state_dict(tmp_path / "m.safetensors", specs) as writer:
             writer.fill("a", lambda target: (_ for _ in ()).throw(RuntimeError("decoder failed")))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_full_disk_is_a_clean_error_before_anything_is_mapped(tmp_path, monkeypatch, suffix):
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room, raising=False)
+    filled = []
+    with pytest.raises(WeightcodecError, match=r"m\.(pt|safetensors): cannot reserve [\d,]+ bytes: No space left on device"):
+        with state_files.write_state_dict(tmp_path / f"m{suffix}", {"w": torch.empty(64, 64, device="meta")}) as writer:
+            writer.fill("w", filled.append)
+    assert filled == [] and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("suffix, legacy", [(".safetensors", False), (".pt", False), (".pt", True)])

@@ -228,7 +228,8 @@ def _decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="OUT.pt, OUT.safetensors, or OUT.onnx with --onnx")
     p.add_argument("--onnx", type=Path, metavar="MODEL.onnx",
                    help="write the weights into this ONNX graph's initializers (matched by name)")
-    _add_max_memory(p, "a file whose tensors decode to more is refused before anything is decoded")
+    _add_max_memory(p, "a file is refused before anything is decoded if the tensors held at once (the --jobs "
+                       "largest, each decoded straight into the output file; all of them with --onnx) need more")
     _add_jobs(p, "decode")
     p.set_defaults(run=_run_decode)
 

@@ -246,7 +246,7 @@ def write_state_dict(path: str | os.PathLike, specs: Mapping[str, torch.Tensor])
     with container.atomic_writer(path) as fh:
         regions = _lay_out_safetensors(fh, specs) if path.suffix == ".safetensors" else _lay_out_pt(fh, specs)
         _reserve(fh, path)
-        writer = StateDictWriter(fh.fileno(), specs, regions)
+        writer = StateDictWriter(fh.fileno(), specs, regions, path)
         yield writer
         writer.finish()
 
@@ -262,8 +262,8 @@ class _Region(NamedTuple):
 class StateDictWriter:
     """The tensors of a state_dict file being written by :func:`write_state_dict`, filled in place."""
 
-    def __init__(self, fd: int, specs: Mapping[str, torch.Tensor], regions: Mapping[str, _Region]):
-        self._fd, self._specs, self._regions = fd, specs, regions
+    def __init__(self, fd: int, specs: Mapping[str, torch.Tensor], regions: Mapping[str, _Region], path: Path):
+        self._fd, self._specs, self._regions, self._path = fd, specs, regions, path
         self._crcs: dict[str, int] = {}
 
     def fill(self, name: str, write: Callable[[torch.Tensor], object]) -> None:
@@ -281,7 +281,11 @@ class StateDictWriter:
             return
         start = region.offset - region.offset % mmap.ALLOCATIONGRANULARITY
         skip = region.offset - start
-        with mmap.mmap(self._fd, skip + region.nbytes, offset=start) as mapped:
+        try:
+            mapped = mmap.mmap(self._fd, skip + region.nbytes, offset=start)
+        except OSError as exc:  # a file system that cannot map files
+            raise WeightcodecError(f"{self._path}: cannot map the file to write {name!r} into it: {exc.strerror or exc}") from None
+        with mapped:
             target = torch.frombuffer(mapped, dtype=torch.uint8, count=region.nbytes, offset=skip)
             write(target.view(spec.dtype).view(spec.shape))
             del target  # the map closes only once nothing points into it
