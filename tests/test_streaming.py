@@ -135,6 +135,14 @@ def test_a_tensor_left_unfilled_or_a_failed_fill_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_target_kept_after_its_fill_stays_valid(tmp_path):
+    kept = []
+    with state_files.write_state_dict(tmp_path / "m.pt", {"a": torch.empty(1000, device="meta")}) as writer:
+        writer.fill("a", lambda target: kept.append(target.fill_(2.5)))
+    assert float(kept[0].sum()) == 2500.0  # its map outlives the fill: no dangling memory
+    assert torch.equal(state_files.load_state_dict(tmp_path / "m.pt")["a"], torch.full((1000,), 2.5))
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_a_full_disk_is_a_clean_error_before_anything_is_mapped(tmp_path, monkeypatch, suffix):
     def no_room(fd, offset, length):

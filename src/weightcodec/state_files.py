@@ -269,8 +269,8 @@ class StateDictWriter:
     def fill(self, name: str, write: Callable[[torch.Tensor], object]) -> None:
         """Call ``write(target)``, ``target`` being tensor ``name`` (its spec's dtype and shape) mapped onto the file.
 
-        ``write`` must set every element of ``target`` and not keep it: it is unmapped when
-        ``write`` returns.
+        ``write`` must set every element of ``target``. The file is unmapped when ``write``
+        returns, or later if ``target`` is still referenced then (never under a live view).
         """
         if name not in self._specs:
             raise WeightcodecError(f"no tensor {name!r} in the file being written; it holds {list(self._specs)}")
@@ -285,13 +285,14 @@ class StateDictWriter:
             mapped = mmap.mmap(self._fd, skip + region.nbytes, offset=start)
         except OSError as exc:  # a file system that cannot map files
             raise WeightcodecError(f"{self._path}: cannot map the file to write {name!r} into it: {exc.strerror or exc}") from None
-        with mapped:
-            target = torch.frombuffer(mapped, dtype=torch.uint8, count=region.nbytes, offset=skip)
-            write(target.view(spec.dtype).view(spec.shape))
-            del target  # the map closes only once nothing points into it
-            data = np.frombuffer(mapped, np.uint8, region.nbytes, skip)
+        data = np.frombuffer(mapped, np.uint8, region.nbytes, skip)  # holds the map open while it lives
+        try:
+            write(torch.from_numpy(data).view(spec.dtype).view(spec.shape))
             self._crcs[name] = zlib.crc32(data) if region.crc_at else 0
+        finally:
             del data
+            with contextlib.suppress(BufferError):  # a view still alive (a traceback's frames) keeps it open
+                mapped.close()
 
     def finish(self) -> None:
         """Check that every tensor was filled, then write the CRCs the archive records (``.pt``)."""
