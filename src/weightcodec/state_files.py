@@ -230,8 +230,9 @@ def write_state_dict(path: str | os.PathLike, specs: Mapping[str, torch.Tensor])
     the filled file has the bytes of ``safetensors.torch.save``. ``.pt``: the archive
     ``torch.save`` writes when told to leave the tensors' bytes for later
     (``torch.serialization.skip_data``); each tensor's CRC-32 is set in the archive once it is
-    filled, so the file is a valid zip that ``torch.load`` reads (not the bytes of a plain
-    ``torch.save``: torch derives its serialization id from the CRCs it saw). Room for the
+    filled, so the file is a valid zip that ``torch.load`` reads: every byte before its last
+    record is that of a plain ``torch.save``, and the last, torch's serialization id, differs
+    (torch derives it from the CRCs it saw). Room for the
     whole file is reserved before anything is mapped, so a full disk is a clean error rather
     than a crash on a mapped write, and each tensor is mapped only while it is filled.
 
