@@ -1,6 +1,8 @@
 """What the three retrieval structures share: every key reads back, one set of argument checks."""
 
 import math
+import mmap
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 
 from weightcodec.codecs.bloomier import bloomier_build, bloomier_query, bloomier_size
 from weightcodec.codecs.fuse import fuse_build, fuse_query
-from weightcodec.codecs.retrieval import MAX_KEY, check_build_args
+from weightcodec.codecs.retrieval import MAX_KEY, check_build_args, output_array
 from weightcodec.codecs.ribbon import ribbon_build, ribbon_query
 from weightcodec.errors import EncodeError
 
@@ -127,3 +129,28 @@ def test_checker_reports_the_callers_problems_with_its_own():
     with pytest.raises(EncodeError) as info:
         check_build_args([1], [0], 0, 0, structure="thing", problems=["ratio=0.5 (expected a number >= 1)"])
     assert str(info.value) == "cannot build a thing: t=0 (expected an int in 1..16); ratio=0.5 (expected a number >= 1)"
+
+
+def vma_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping holding ``address`` (Linux /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mapping flags are read from /proc (Linux)")
+def test_a_large_new_layer_is_writable_memory_in_small_pages():
+    size = (64 << 20) // 4  # the threshold
+    layer = output_array(size)
+    assert layer.dtype == np.float32 and layer.shape == (size,) and layer.flags.writeable and layer.flags.c_contiguous
+    assert isinstance(layer.base.obj, mmap.mmap) and "nh" in vma_flags(layer.ctypes.data)  # no transparent huge pages
+    layer[-1] = 1.5
+    assert layer[-1] == 1.5
+    assert output_array(size - 1).base is None  # a smaller one is NumPy's own

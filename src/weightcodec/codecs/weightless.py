@@ -249,7 +249,7 @@ def decode(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...])
     >>> decode(e.meta, e.sections, (3, 3)).diagonal().tolist()
     [1.0, 1.0, 1.0]
     """
-    return decode_into(meta, sections, shape, np.empty(math.prod(shape), dtype=np.float32)).reshape(shape)
+    return decode_into(meta, sections, shape, output_array(math.prod(shape))).reshape(shape)
 
 
 def decode_into(meta: Mapping, sections: Mapping[str, bytes], shape: tuple[int, ...], out: np.ndarray) -> np.ndarray:
