@@ -508,7 +508,7 @@ def bloomier_decode_layer(table: BloomierTable, lut: np.ndarray, size: int, out:
     size : int
         Positions to decode.
     out : numpy.ndarray of float32, shape (size,), optional
-        Where to write them (see :func:`~weightcodec.codecs.common.output_array`); default a new array.
+        Where to write them (see :func:`~weightcodec.codecs.retrieval.output_array`); default a new array.
 
     Returns
     -------

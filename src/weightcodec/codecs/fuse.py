@@ -309,7 +309,7 @@ def fuse_query(table: FuseTable, positions: np.ndarray) -> np.ndarray:
 def fuse_decode_layer(table: FuseTable, lut: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """Query every position ``0..size-1`` and map each value through ``lut`` (float32), in one pass.
 
-    Written into ``out`` if given (:func:`~weightcodec.codecs.common.output_array`), else a new array.
+    Written into ``out`` if given (:func:`~weightcodec.codecs.retrieval.output_array`), else a new array.
 
     Examples
     --------

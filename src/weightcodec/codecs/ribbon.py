@@ -651,7 +651,7 @@ def ribbon_decode_layer(table: bytes, lut: np.ndarray, size: int, out: np.ndarra
     size : int
         Positions to decode, ``>= 0``.
     out : ndarray of float32, shape (size,), optional
-        Where to write them (see :func:`~weightcodec.codecs.common.output_array`); default a new array.
+        Where to write them (see :func:`~weightcodec.codecs.retrieval.output_array`); default a new array.
 
     Returns
     -------
